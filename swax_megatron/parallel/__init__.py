@@ -1,0 +1,1 @@
+"""Process-group and platform glue around megatron-core's parallel_state."""
