@@ -1,0 +1,3 @@
+"""Recipes: schema dataclasses, strict YAML loading with inheritance and overrides, sweeps."""
+
+from .schema import Recipe  # noqa: F401

