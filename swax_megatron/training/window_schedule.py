@@ -14,7 +14,10 @@ stochastic  each step uses `short` with probability `p_short`, else `long` (pape
             (paper: the last 10% of training).
 list        step `s` uses `windows[s % len(windows)]`: the list is *cycled*, so a short list is a
             periodic schedule (e.g. [128, 128, 128, 2048] is a deterministic twin of p = 0.75).
-            With anneal_fraction > 0, the anneal phase uses `long` as for `stochastic`.
+            An explicit list is taken literally: no anneal phase (write the tail into the list).
+
+Fields a kind does not use (short / p_short / anneal_fraction / windows for fixed, windows for
+stochastic, short / long / p_short / anneal_fraction for list) are ignored, so a recipe can switch `kind` without clearing them.
 
 `step` is the 0-based index of the optimizer step (Megatron's `iteration` before it is
 incremented). Steps at or past `total_steps` stay in the anneal phase when there is one.
@@ -71,7 +74,7 @@ class WindowSchedule:
         object.__setattr__(self, "windows", tuple(self.windows or ()))
         self._validate()
         start = None
-        if self.kind != "fixed" and self.anneal_fraction > 0:
+        if self.kind == "stochastic" and self.anneal_fraction > 0:
             # Fraction(repr(x)) reads the decimal the user wrote (0.1, not 0.1000000000000000055),
             # so ceil() does not jump a step because of binary rounding.
             keep = 1 - Fraction(repr(float(self.anneal_fraction)))
@@ -108,15 +111,10 @@ class WindowSchedule:
                 fail("kind 'list' needs a non-empty windows list")
             for i, w in enumerate(self.windows):
                 positive_int(f"windows[{i}]", w)
-        elif self.windows:
-            fail(f"windows is only used by kind 'list', not {self.kind!r}; remove it")
 
-        if self.kind != "fixed" and self.anneal_fraction > 0:
-            if self.total_steps is None:
-                fail("anneal_fraction > 0 needs total_steps (the anneal phase is the last "
-                     "fraction of training)")
-            if self.kind == "list":
-                positive_int("long (the anneal-phase window)", self.long)
+        if self.kind == "stochastic" and self.anneal_fraction > 0 and self.total_steps is None:
+            fail("anneal_fraction > 0 needs total_steps (the anneal phase is the last "
+                 "fraction of training)")
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -155,10 +153,10 @@ class WindowSchedule:
         step = index
         if self.kind == "fixed":
             return self.long
-        if self.anneal_start is not None and step >= self.anneal_start:
-            return self.long
         if self.kind == "list":
             return self.windows[step % len(self.windows)]
+        if self.anneal_start is not None and step >= self.anneal_start:
+            return self.long
         return self.short if uniform(self.seed, step) < self.p_short else self.long
 
     def windows_for(self, steps: Iterable[int]) -> list[int]:
@@ -167,10 +165,7 @@ class WindowSchedule:
     @property
     def max_window(self) -> int:
         """Largest window any step can use (sizes attention buffers, and the eval window)."""
-        candidates = list(self.windows) if self.kind == "list" else []
-        if self.long is not None:
-            candidates.append(self.long)
-        return max(candidates)
+        return max(self.windows) if self.kind == "list" else self.long
 
     def describe(self) -> str:
         if self.kind == "fixed":

@@ -81,13 +81,21 @@ def test_anneal_phase_fixed_at_long():
     assert before == stochastic(p=0.75).windows_for(range(9000))
 
 
-def test_list_kind_cycles_and_anneals():
-    s = WindowSchedule("list", windows=[32, 32, 128], long=128, anneal_fraction=0.2, total_steps=20)
-    assert s.windows_for(range(16)) == [32, 32, 128] * 5 + [32]
-    assert s.windows_for(range(16, 25)) == [128] * 9
+def test_list_kind_cycles_without_anneal():
+    s = WindowSchedule("list", windows=[32, 32, 128], long=2048, anneal_fraction=0.2, total_steps=20)
+    assert s.windows_for(range(25)) == ([32, 32, 128] * 9)[:25]
+    assert s.anneal_start is None and s.max_window == 128
     plain = WindowSchedule("list", windows=[64, 16])
     assert plain.windows_for(range(5)) == [64, 16, 64, 16, 64]
     assert plain.max_window == 64
+
+
+def test_unused_fields_are_ignored():
+    # A recipe may switch kind without clearing the other kinds' fields (the schema's defaults).
+    s = WindowSchedule("fixed", short=128, long=64, p_short=0.5, anneal_fraction=0.1, windows=[8])
+    assert set(s.windows_for(range(50))) == {64}
+    s = WindowSchedule("stochastic", 8, 64, 0.5, 0.0, (1, 2), 0, None)
+    assert set(s.windows_for(range(200))) == {8, 64}
 
 
 def test_resumed_sequence_identical():
@@ -187,8 +195,6 @@ def test_from_config_object_and_mapping():
     (dict(kind="stochastic", short=32, long=128, total_steps=0), "total_steps must be a positive"),
     (dict(kind="list"), "needs a non-empty windows list"),
     (dict(kind="list", windows=[32, -1]), "windows[1] must be a positive integer"),
-    (dict(kind="list", windows=[32], anneal_fraction=0.1, total_steps=10), "anneal-phase window"),
-    (dict(kind="fixed", long=64, windows=[32]), "only used by kind 'list'"),
     (dict(kind="fixed", long=64, seed="1"), "seed must be an integer"),
 ])
 def test_invalid_parameters_rejected(kwargs, message):
