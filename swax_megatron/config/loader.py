@@ -1,0 +1,322 @@
+"""Recipe loading: `base:` inheritance, dotted overrides, strict typing into the schema.
+
+    recipe = load_recipe("recipes/tiny/swax.yaml", ["train.steps=50", "optim.lr=1e-3"])
+
+Order of application: base files (depth first, in listed order), the file itself, a sweep entry's
+values (see `sweep.py`), then command-line overrides. Dicts deep-merge; lists and scalars replace;
+an explicit `null` sets None. Every value remembers where it came from ("file:line" or
+"override `a.b=c`"), and every error names that origin, the dotted key and the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+from .errors import RecipeError, did_you_mean
+from .schema import Recipe
+from .yaml_io import LocatedDict, Yaml11Bool, load_yaml, parse_value
+
+RESERVED_KEYS = ("base", "sweep")  # top-level keys that are not schema sections
+
+Origins = Dict[str, str]  # dotted path -> "file:line" / "override `...`"
+
+
+@dataclasses.dataclass
+class RawRecipe:
+    """The merged (still untyped) mapping of a recipe, with provenance."""
+
+    data: Dict[str, Any]
+    origins: Origins
+    files: List[str]  # the inheritance chain, bases first
+    sweep: Optional[Dict[str, Any]] = None
+
+
+# --- reading files -----------------------------------------------------------------------------
+
+def _record_origins(data: Any, prefix: str, source: str, origins: Origins) -> None:
+    if isinstance(data, LocatedDict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else key
+            origins[path] = f"{source}:{data.lines[key]}"
+            _record_origins(value, path, source, origins)
+
+
+def _drop_origins(origins: Origins, path: str) -> None:
+    for key in [k for k in origins if k.startswith(path + ".")]:
+        del origins[key]
+
+
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any], origins: Origins,
+               over_origins: Origins, prefix: str = "") -> Dict[str, Any]:
+    """`over` on top of `base`: dicts merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, origins, over_origins, path)
+            if path in over_origins:
+                origins.setdefault(path, over_origins[path])
+        else:
+            _drop_origins(origins, path)
+            out[key] = copy.deepcopy(value)
+            for k, v in over_origins.items():
+                if k == path or k.startswith(path + "."):
+                    origins[k] = v
+    return out
+
+
+def _read_file(path: str) -> LocatedDict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", origin=path) from None
+    except IsADirectoryError:
+        raise RecipeError("is a directory, expected a recipe .yaml file", origin=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read recipe: {e}", origin=path) from None
+    data = load_yaml(text, path)
+    if data is None:
+        data = LocatedDict()
+        data.lines, data.source = {}, path
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a mapping of sections, got {type(data).__name__}",
+                          origin=path)
+    return data
+
+
+def read_raw(path: str, _stack: Tuple[str, ...] = ()) -> RawRecipe:
+    """Read `path` and its `base:` chain into one merged mapping (not yet typed)."""
+    real = os.path.realpath(path)
+    if real in _stack:
+        chain = " -> ".join(os.path.relpath(p) for p in _stack + (real,))
+        raise RecipeError(f"`base:` inheritance cycle: {chain}", origin=path)
+    data = _read_file(path)
+    own_origins: Origins = {}
+    _record_origins(data, "", path, own_origins)
+
+    base_origin = own_origins.pop("base", path)
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise RecipeError("`base` must be a path or a list of paths", path="base",
+                          origin=base_origin)
+
+    merged: Dict[str, Any] = {}
+    origins: Origins = {}
+    files: List[str] = []
+    for b in bases:
+        base_path = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+        if not os.path.exists(base_path):
+            raise RecipeError(f"base recipe `{b}` not found (looked for {base_path})",
+                              path="base", origin=base_origin)
+        parent = read_raw(base_path, _stack + (real,))
+        parent_data = dict(parent.data)
+        if parent.sweep is not None:
+            parent_data["sweep"] = parent.sweep
+        merged = deep_merge(merged, parent_data, origins, parent.origins)
+        files += [f for f in parent.files if f not in files]
+    merged = deep_merge(merged, dict(data), origins, own_origins)
+    files.append(path)
+    sweep = merged.pop("sweep", None)
+    return RawRecipe(data=merged, origins=origins, files=files, sweep=sweep)
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+def split_override(text: str) -> Tuple[str, str]:
+    if "=" not in text:
+        raise RecipeError(f"override `{text}` must look like dotted.key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override `{text}`: empty key segment in `{key}`")
+    if key.split(".")[0] in RESERVED_KEYS:
+        raise RecipeError(f"override `{text}`: `{key.split('.')[0]}` cannot be overridden")
+    return key, value
+
+
+def set_dotted(data: Dict[str, Any], key: str, value: Any, origin: str, origins: Origins) -> None:
+    """Set `a.b.c` (or a list element `a.b.3`) in a nested dict, creating dicts on the way.
+
+    Unknown keys are not caught here but by the typed construction, which knows the schema."""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, ".".join(parts[:i + 1]), origin)]
+            continue
+        nxt = node.get(part)
+        if not isinstance(nxt, (dict, list)):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key, origin)] = value
+    else:
+        node[last] = value
+    _drop_origins(origins, key)
+    origins[key] = origin
+
+
+def _list_index(node: list, part: str, path: str, origin: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"list index `{part}` out of range (list has {len(node)} items)",
+                          path=path, origin=origin)
+    return int(part)
+
+
+def apply_overrides(raw: RawRecipe, overrides: Sequence[str]) -> None:
+    for text in overrides:
+        key, value_text = split_override(text)
+        origin = f"override `{text}`"
+        set_dotted(raw.data, key, parse_value(value_text, origin), origin, raw.origins)
+
+
+# --- typed construction ------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _value_repr(value: Any) -> str:
+    if isinstance(value, Yaml11Bool):
+        return f"unquoted `{value}`"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def coerce(value: Any, tp: Any, path: str, origins: Origins) -> Any:
+    """Check `value` against annotation `tp`; return the typed value or raise RecipeError."""
+    origin = _origin_of(path, origins)
+    ann = typing.get_origin(tp)
+
+    def fail(extra: str = ""):
+        raise RecipeError(f"expected {_type_name(tp)}, got {_value_repr(value)}{extra}",
+                          path=path, origin=origin)
+
+    if isinstance(value, Yaml11Bool):
+        hint = ("use true/false" if _accepts(tp, bool) else
+                f"quote it ('{value}') if you mean the string")
+        raise RecipeError(f"`{value}` is ambiguous in YAML (a boolean in YAML 1.1): {hint}",
+                          path=path, origin=origin)
+    if ann in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            fail()
+        errors = []
+        # Try the most specific alternatives first so "1" stays an int in Union[int, str].
+        for arg in sorted((a for a in args if a is not type(None)), key=_specificity):
+            try:
+                return coerce(value, arg, path, origins)
+            except RecipeError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        fail()
+    if value is None:
+        fail()
+    if ann is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        fail(did_you_mean(str(value), [str(c) for c in choices]))
+    if ann in (list, List):
+        if not isinstance(value, list):
+            fail()
+        (item_tp,) = typing.get_args(tp)
+        return [coerce(v, item_tp, f"{path}.{i}", origins) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail()
+        return build_dataclass(tp, value, path, origins)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail()
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        fail()
+    raise TypeError(f"schema uses an unsupported annotation {tp!r} at {path}")
+
+
+def _specificity(tp: Any) -> int:
+    order = {bool: 0, int: 1, float: 2, str: 4}
+    return order.get(tp, 3)
+
+
+def _accepts(tp: Any, kind: type) -> bool:
+    if tp is kind:
+        return True
+    return any(_accepts(a, kind) for a in typing.get_args(tp)) if typing.get_args(tp) else False
+
+
+def _origin_of(path: str, origins: Origins) -> Optional[str]:
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path.rpartition(".")[0]
+    return None
+
+
+def build_dataclass(cls: type, data: Dict[str, Any], prefix: str, origins: Origins) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            section = f"section `{prefix}`" if prefix else "a recipe"
+            raise RecipeError(
+                f"unknown key in {section}{did_you_mean(str(key), fields)}",
+                path=path, origin=_origin_of(path, origins))
+        kwargs[key] = coerce(value, hints[key], path, origins)
+    return cls(**kwargs)
+
+
+def build_recipe(raw: RawRecipe) -> Recipe:
+    unknown = [k for k in raw.data if k in RESERVED_KEYS]
+    if unknown:
+        raise RecipeError(f"`{unknown[0]}` is only allowed at the top of a recipe file")
+    recipe = build_dataclass(Recipe, raw.data, "", raw.origins)
+    return recipe
+
+
+def load_raw(path: str, overrides: Sequence[str] = ()) -> RawRecipe:
+    raw = read_raw(path)
+    apply_overrides(raw, overrides)
+    return raw
