@@ -85,6 +85,10 @@ def config_hash(recipe: Recipe) -> str:
 def _build(raw: loader.RawRecipe, overrides: Sequence[str], entry: Optional[SweepEntry],
            count: int) -> Resolved:
     raw = copy.deepcopy(raw)
+    # Start from the schema defaults so an override can index into a default list.
+    origins = dict(raw.origins)
+    raw.data = loader.deep_merge(dataclasses.asdict(Recipe()), raw.data, {}, {})
+    raw.origins = origins
     if entry is not None:
         swept = {k for k, _ in entry.values}
         for text in overrides:
