@@ -1,0 +1,101 @@
+"""Core attention for S (sliding window) and G (global) layers, with a window chosen per call.
+
+Megatron's local DotProductAttention materialises S x S scores and, when a window is configured,
+replaces the caller's mask with its own; its window is fixed at construction. These classes keep
+its constructor and forward signature (they slot into `SelfAttentionSubmodules.core_attention`),
+take q/k/v as [s, b, heads, d] and call `ops.swa.sliding_window_attention`, whose window is an
+argument: the step's window is set with `set_window` (SwaxModel.set_swa_window walks the layers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.utils import divide
+
+from .config import SwaxConfig
+
+
+def check_window(window) -> Optional[int]:
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"sliding window must be a positive int (tokens, query included) or None, "
+                         f"got {window!r}")
+    return window
+
+
+class SwaxCoreAttention(MegatronModule):
+    """Causal softmax attention over [s, b, heads, d]; `window` None means full causal (G layers).
+
+    Same constructor and forward signature as megatron's DotProductAttention.
+    """
+
+    sliding = False  # S layers: SlidingWindowCoreAttention
+
+    def __init__(
+        self,
+        config: SwaxConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType = AttnMaskType.causal,
+        attention_type: str = "self",
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection: Optional[ProcessGroupCollection] = None,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SWAX core attention does not support context parallelism")
+        if attn_mask_type not in (AttnMaskType.causal, AttnMaskType.padding_causal):
+            raise ValueError(f"SWAX attention is causal; got attn_mask_type={attn_mask_type}")
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if dropout:
+            raise ValueError("SWAX core attention does not support attention dropout")
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        self.layer_number = layer_number
+        tp = pg_collection.tp.size()
+        self.heads_per_partition = divide(config.num_attention_heads, tp)
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.window: Optional[int] = config.swa_window if self.sliding else None
+
+    def set_window(self, window: Optional[int]) -> None:
+        """Window for the following calls; None restores the default (config.swa_window on S
+        layers, full causal on G layers)."""
+        window = check_window(window)
+        if self.sliding:
+            self.window = self.config.swa_window if window is None else window
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if attention_mask is not None:
+            raise ValueError("SWAX attention builds its causal/sliding mask itself; pass "
+                             "attention_mask=None")
+        if attention_bias is not None or packed_seq_params is not None:
+            raise ValueError("SWAX core attention supports neither attention_bias nor packed sequences")
+        from swax_megatron.ops.swa import sliding_window_attention
+
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        out = sliding_window_attention(q, k, v, self.window, softmax_scale=self.softmax_scale)
+        s, b = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+class SlidingWindowCoreAttention(SwaxCoreAttention):
+    """S layers: the window is the step's (set_window), config.swa_window until one is set."""
+
+    sliding = True
+
+
+class GlobalCoreAttention(SwaxCoreAttention):
+    """G layers: full causal attention; set_window does not affect them."""
+
+    sliding = False

@@ -1,0 +1,122 @@
+"""SwaxBlock: this pipeline stage's layers, built from the layer pattern.
+
+The pattern is split with `config.pattern.split_for_pipeline` (even split, or the `|` markers);
+each symbol picks its layer spec from SwaxBlockSubmodules. Like megatron's MambaStack, but with
+the final norm from the spec (MambaStack hard-codes TENorm) and global layer numbers for every
+layer type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
+
+import torch
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
+from megatron.core.utils import make_viewless_tensor
+
+from ..config.pattern import split_for_pipeline, stage_offset
+from .config import SwaxConfig
+
+
+@dataclass
+class SwaxBlockSubmodules:
+    sliding_attention_layer: Union[ModuleSpec, type] = IdentityOp  # S
+    global_attention_layer: Union[ModuleSpec, type] = IdentityOp  # G
+    mlstm_layer: Union[ModuleSpec, type] = IdentityOp  # X
+    final_norm: Union[ModuleSpec, type] = IdentityOp
+
+    def for_symbol(self, symbol: str):
+        return {"S": self.sliding_attention_layer, "G": self.global_attention_layer,
+                "X": self.mlstm_layer}[symbol]
+
+
+class SwaxBlock(MegatronModule):
+    def __init__(self, config: SwaxConfig, submodules: SwaxBlockSubmodules, pre_process: bool = True,
+                 post_process: bool = True, pg_collection: Optional[ProcessGroupCollection] = None,
+                 layer_init_seeds: Optional[Dict[int, int]] = None):
+        super().__init__(config=config)
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+        self.pre_process, self.post_process = pre_process, post_process
+        self.tp_group = pg_collection.tp
+        pp_size, pp_rank = pg_collection.pp.size(), pg_collection.pp.rank()
+        if pp_size != config.pipeline_model_parallel_size:
+            raise ValueError(f"pipeline group has {pp_size} ranks but the config says "
+                             f"pipeline_model_parallel_size={config.pipeline_model_parallel_size}")
+        self.layer_symbols: str = split_for_pipeline(config.layer_pattern, pp_size)[pp_rank]
+        self.layer_offset: int = stage_offset(config.layer_pattern, pp_size, pp_rank)
+        self.input_tensor = None  # set by the pipeline schedule on stages after the first
+
+        self.layers = torch.nn.ModuleList()
+        for i, symbol in enumerate(self.layer_symbols):
+            number = self.layer_offset + i + 1
+            with _seeded(layer_init_seeds, number):
+                self.layers.append(build_module(submodules.for_symbol(symbol), config=config,
+                                                layer_number=number, symbol=symbol,
+                                                pg_collection=pg_collection))
+        if post_process:
+            self.final_norm = build_module(submodules.final_norm, config=config,
+                                           hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
+
+    def set_input_tensor(self, input_tensor: torch.Tensor) -> None:
+        """The stage input received over p2p replaces forward()'s hidden_states (stages > 0)."""
+        self.input_tensor = input_tensor
+
+    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None):
+        if not self.pre_process:
+            hidden_states = self.input_tensor
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=attention_mask,
+                                  rotary_pos_emb=rotary_pos_emb)
+        if self.post_process:
+            hidden_states = self.final_norm(hidden_states)
+        # The tensor handed to the next stage must not be a view (see megatron TransformerBlock).
+        return make_viewless_tensor(inp=hidden_states, requires_grad=hidden_states.requires_grad,
+                                    keep_graph=True)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: Optional[dict] = None):
+        """Layers keyed by their global index, so a checkpoint reshards across PP splits."""
+        out = {}
+        for local, layer in enumerate(self.layers):
+            local_prefix = f"{prefix}layers.{local}."
+            sd = layer.sharded_state_dict(local_prefix, (), metadata)
+            replace_prefix_for_sharding(sd, local_prefix, f"{prefix}layers.{layer.layer_number - 1}.")
+            out.update(sd)
+        for name, module in self.named_children():
+            if module is not self.layers:
+                out.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets,
+                                                      metadata, tp_group=self.tp_group))
+        return out
+
+
+@contextlib.contextmanager
+def _seeded(seeds: Optional[Dict], key):
+    """Draw a component's init from its own RNG stream (see SwaxConfig.init_seed)."""
+    if seeds is None:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seeds[key])
+        yield
+
+
+def component_seeds(base_seed: int, num_layers: int) -> Dict:
+    """Init seeds: 'embedding', 'output_layer' and each global layer number 1..num_layers."""
+    mix = lambda k: (base_seed * 1_000_003 + 7_919 * k) % (2 ** 63)  # noqa: E731
+    seeds = {n: mix(n) for n in range(1, num_layers + 1)}
+    seeds["embedding"] = mix(0)
+    seeds["output_layer"] = mix(num_layers + 1)
+    return seeds
+
+
+def layer_symbols_per_stage(config: SwaxConfig) -> List[str]:
+    return split_for_pipeline(config.layer_pattern, config.pipeline_model_parallel_size)

@@ -1,0 +1,185 @@
+"""The X mixer: the mLSTM layer of the xLSTM-7B block, tensor-parallel over heads.
+
+    x -> linear_qkv -> per head [q (dqk), k (dqk), v (dv), o (dv), i (1), f (1)]
+      -> gates: i + igate_bias, f + fgate_bias, soft-capped  cap * tanh(x / cap)
+      -> mLSTM cell (ops.mlstm, chunkwise) -> per-head LayerNorm (out_norm) -> * sigmoid(o)
+      -> linear_proj
+
+The in-projection is one column-parallel matrix whose rows are grouped per head, so the TP split
+of its rows is a split over heads and each rank holds whole heads (megatron's QKV idiom). Gate
+biases and the norm weight are per-head parameters owned here, sharded on the head axis.
+The cell math is `mlstm_cell` (takes and returns the (C, n, m) state) for prefill/generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.utils import (
+    ensure_metadata_has_dp_cp_group,
+    make_sharded_tensors_for_checkpoint,
+    sharded_state_dict_default,
+)
+
+from .config import SwaxConfig
+
+State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def _kernel(name: str, device: torch.device):
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        from swax_megatron.ops.mlstm import mlstm_chunkwise
+
+        return mlstm_chunkwise
+    try:
+        from swax_megatron.ops.mlstm.triton import mlstm_chunkwise_triton
+    except ImportError as e:
+        if name == "auto":
+            from swax_megatron.ops.mlstm import mlstm_chunkwise
+
+            return mlstm_chunkwise
+        raise ImportError(f"mlstm_kernel='triton' needs triton ({e}); install the 'triton' extra "
+                          f"or set model.mlstm.kernel: torch") from None
+    return mlstm_chunkwise_triton
+
+
+def mlstm_cell(q, k, v, i_pre, f_pre, *, gate_soft_cap: Optional[float] = 15.0, chunk_size: int = 64,
+               initial_state: Optional[State] = None, eps: float = 1e-6, kernel: str = "auto",
+               grad: str = "stopgrad") -> Tuple[torch.Tensor, State]:
+    """The mixer's cell: soft-cap the gate pre-activations, run the chunkwise mLSTM.
+
+    q, k [B, H, S, Dqk]; v [B, H, S, Dv]; i_pre, f_pre [B, H, S] (biases already added);
+    returns h [B, H, S, Dv] and the final (C, n, m) state (fp32)."""
+    fn = _kernel(kernel, q.device)
+    i = soft_cap(i_pre, gate_soft_cap)
+    f = soft_cap(f_pre, gate_soft_cap)
+    return fn(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps, grad=grad)
+
+
+def _set_head_sharded(param: torch.nn.Parameter) -> None:
+    # partition_dim 0 = the head axis; DDP / grad-norm / optimizer read these attributes.
+    tensor_parallel.set_tensor_model_parallel_attributes(param, True, 0, 1)
+
+
+class HeadwiseLayerNorm(torch.nn.Module):
+    """LayerNorm over each head's dv channels (weight only, fp32 statistics), xLSTM-7B style.
+    Holds the weight of this rank's heads, flattened [heads_local * dv]."""
+
+    def __init__(self, config: SwaxConfig, num_heads: int, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
+        # Initialised to ones, so this rank's slice of the full weight is ones too.
+        self.weight = torch.nn.Parameter(torch.ones(num_heads * head_dim, dtype=config.params_dtype))
+        _set_head_sharded(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., heads_local, dv] -> same shape."""
+        dtype = x.dtype
+        xf = x.float()
+        mean = xf.mean(-1, keepdim=True)
+        var = (xf - mean).pow(2).mean(-1, keepdim=True)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        y = y * self.weight.float().view(self.num_heads, self.head_dim)
+        return y.to(dtype)
+
+
+@dataclass
+class MLSTMMixerSubmodules:
+    linear_qkv: Union[ModuleSpec, type] = IdentityOp  # column parallel, rows grouped per head
+    out_norm: Union[ModuleSpec, type] = HeadwiseLayerNorm
+    linear_proj: Union[ModuleSpec, type] = IdentityOp  # row parallel
+
+
+class MLSTMMixer(MegatronModule):
+    """mLSTM mixer over [s, b, hidden]; returns (out, bias) like megatron's attention."""
+
+    def __init__(self, config: SwaxConfig, submodules: MLSTMMixerSubmodules, layer_number: int = 1,
+                 pg_collection: Optional[ProcessGroupCollection] = None):
+        super().__init__(config=config)
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        self.pg_collection = pg_collection
+        self.tp_group = pg_collection.tp
+        self.layer_number = layer_number
+        tp, rank = self.tp_group.size(), self.tp_group.rank()
+        self.num_heads = config.mlstm_num_heads
+        self.heads_local = self.num_heads // tp
+        self.dqk, self.dv = config.mlstm_qk_head_dim, config.mlstm_v_head_dim
+        self.split = [self.dqk, self.dqk, self.dv, self.dv, 1, 1]  # q, k, v, o, i, f per head
+        self.per_head = sum(self.split)
+
+        self.linear_qkv = build_module(
+            submodules.linear_qkv, config.hidden_size, self.num_heads * self.per_head,
+            config=config, init_method=config.init_method, gather_output=False, bias=False,
+            skip_bias_add=False, is_expert=False, tp_comm_buffer_name="qkv", tp_group=self.tp_group)
+
+        # Full per-head tensors, then this rank's heads: the same values at every TP size.
+        sl = slice(rank * self.heads_local, (rank + 1) * self.heads_local)
+        igate = torch.full((self.num_heads,), float(config.mlstm_igate_bias_init))
+        lo, hi = config.mlstm_fgate_bias_init
+        fgate = torch.linspace(float(lo), float(hi), self.num_heads)
+        self.igate_bias = torch.nn.Parameter(igate[sl].clone().to(config.params_dtype))
+        self.fgate_bias = torch.nn.Parameter(fgate[sl].clone().to(config.params_dtype))
+        _set_head_sharded(self.igate_bias)
+        _set_head_sharded(self.fgate_bias)
+
+        self.out_norm = build_module(submodules.out_norm, config, self.heads_local, self.dv,
+                                     eps=config.mlstm_norm_epsilon)
+        self.linear_proj = build_module(
+            submodules.linear_proj, self.num_heads * self.dv, config.hidden_size, config=config,
+            init_method=config.output_layer_init_method, bias=config.add_bias_linear,
+            input_is_parallel=True, skip_bias_add=True, is_expert=False,
+            tp_comm_buffer_name="proj", tp_group=self.tp_group)
+
+    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None, *,
+                initial_state: Optional[State] = None, return_state: bool = False, **kwargs):
+        """hidden_states [s, b, hidden] -> (out [s, b, hidden], bias) [, final (C, n, m)].
+        attention_mask / rotary_pos_emb are accepted for a uniform mixer signature and unused."""
+        mixed, _ = self.linear_qkv(hidden_states)
+        s, b = mixed.shape[0], mixed.shape[1]
+        mixed = mixed.view(s, b, self.heads_local, self.per_head)
+        q, k, v, o, i, f = torch.split(mixed, self.split, dim=-1)
+        # [s, b, h, d] -> [b, h, s, d];  gates [s, b, h] -> [b, h, s]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        i = (i.squeeze(-1) + self.igate_bias).permute(1, 2, 0)
+        f = (f.squeeze(-1) + self.fgate_bias).permute(1, 2, 0)
+        cfg = self.config
+        h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=cfg.mlstm_gate_soft_cap,
+                              chunk_size=cfg.mlstm_chunk_size, initial_state=initial_state,
+                              eps=cfg.mlstm_cell_epsilon, kernel=cfg.mlstm_kernel, grad=cfg.mlstm_grad)
+        h = self.out_norm(h.permute(2, 0, 1, 3))  # [s, b, h, dv]
+        h = h * torch.sigmoid(o)
+        out, bias = self.linear_proj(h.reshape(s, b, self.heads_local * self.dv))
+        if return_state:
+            return out, bias, state
+        return out, bias
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: Optional[dict] = None):
+        """Per-head parameters sharded on the head axis (dim 0), so checkpoints reshard over TP."""
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        own = {}
+        self._save_to_state_dict(own, "", keep_vars=True)
+        sharded = make_sharded_tensors_for_checkpoint(
+            own, prefix, {"igate_bias": 0, "fgate_bias": 0}, sharded_offsets,
+            tp_group=self.tp_group, dp_cp_group=metadata["dp_cp_group"])
+        for name, module in self.named_children():
+            if name == "out_norm":
+                sharded.update(make_sharded_tensors_for_checkpoint(
+                    module.state_dict(prefix="", keep_vars=True), f"{prefix}{name}.", {"weight": 0},
+                    sharded_offsets, tp_group=self.tp_group, dp_cp_group=metadata["dp_cp_group"]))
+            else:
+                sharded.update(sharded_state_dict_default(
+                    module, f"{prefix}{name}.", sharded_offsets, metadata, tp_group=self.tp_group))
+        return sharded

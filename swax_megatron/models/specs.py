@@ -1,0 +1,93 @@
+"""Layer specs: which classes fill each submodule, for the local (pure megatron-core + torch) and
+the Transformer Engine backends. The two differ only in the norm and parallel-linear classes;
+the core attention slot takes SWAX's own windowed classes in both for now (a TE attention with a
+per-call window is a later addition: pass `core_attention_cls`).
+
+    spec = get_swax_block_spec("local")          # ModuleSpec(SwaxBlock, ...)
+    layer = get_swax_layer_spec("X", "local")    # ModuleSpec(SwaxLayer, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+from .attention import GlobalCoreAttention, SlidingWindowCoreAttention
+from .block import SwaxBlock, SwaxBlockSubmodules
+from .layer import SwaxLayer, SwaxLayerSubmodules
+from .mlstm_layer import HeadwiseLayerNorm, MLSTMMixer, MLSTMMixerSubmodules
+
+BACKENDS = ("local", "te")
+
+
+class _Classes:
+    def __init__(self, backend: str):
+        if backend == "local":
+            self.norm, self.column, self.row = WrappedTorchNorm, ColumnParallelLinear, RowParallelLinear
+        elif backend == "te":
+            try:
+                import transformer_engine  # noqa: F401
+                from megatron.core.extensions.transformer_engine import (
+                    TEColumnParallelLinear,
+                    TENorm,
+                    TERowParallelLinear,
+                )
+            except ImportError as e:
+                raise ImportError(
+                    f"get_swax_layer_spec(backend='te') needs the transformer_engine package "
+                    f"(pip install transformer-engine[pytorch]), which does not import here ({e}); "
+                    f"use backend='local'") from None
+            self.norm, self.column, self.row = TENorm, TEColumnParallelLinear, TERowParallelLinear
+        else:
+            raise ValueError(f"unknown SWAX spec backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _attention_spec(c: _Classes, core_attention_cls) -> ModuleSpec:
+    return ModuleSpec(
+        module=SelfAttention,
+        params={"attn_mask_type": AttnMaskType.causal},
+        submodules=SelfAttentionSubmodules(linear_qkv=c.column, core_attention=core_attention_cls,
+                                           linear_proj=c.row, q_layernorm=IdentityOp,
+                                           k_layernorm=IdentityOp))
+
+
+def _mlstm_spec(c: _Classes) -> ModuleSpec:
+    return ModuleSpec(module=MLSTMMixer, submodules=MLSTMMixerSubmodules(
+        linear_qkv=c.column, out_norm=HeadwiseLayerNorm, linear_proj=c.row))
+
+
+def get_swax_layer_spec(symbol: str, backend: str = "local",
+                        core_attention_cls: Optional[type] = None) -> ModuleSpec:
+    """Spec of one layer: `symbol` S (sliding-window attention), G (global attention) or X (mLSTM).
+    core_attention_cls replaces the core attention class of S/G layers (same signature as
+    megatron's DotProductAttention plus set_window)."""
+    c = _Classes(backend)
+    if symbol == "S":
+        mixer = _attention_spec(c, core_attention_cls or SlidingWindowCoreAttention)
+    elif symbol == "G":
+        mixer = _attention_spec(c, core_attention_cls or GlobalCoreAttention)
+    elif symbol == "X":
+        mixer = _mlstm_spec(c)
+    else:
+        raise ValueError(f"unknown layer symbol {symbol!r}; known: S (sliding-window attention), "
+                         f"G (global attention), X (mLSTM)")
+    mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=c.column, linear_fc2=c.row))
+    return ModuleSpec(module=SwaxLayer, submodules=SwaxLayerSubmodules(
+        input_layernorm=c.norm, mixer=mixer, pre_mlp_layernorm=c.norm, mlp=mlp))
+
+
+def get_swax_block_spec(backend: str = "local") -> ModuleSpec:
+    """Spec of the decoder stack: one layer spec per symbol plus the final norm."""
+    norm = _Classes(backend).norm
+    return ModuleSpec(module=SwaxBlock, submodules=SwaxBlockSubmodules(
+        sliding_attention_layer=get_swax_layer_spec("S", backend),
+        global_attention_layer=get_swax_layer_spec("G", backend),
+        mlstm_layer=get_swax_layer_spec("X", backend),
+        final_norm=norm))
