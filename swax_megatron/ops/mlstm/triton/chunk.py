@@ -1,0 +1,292 @@
+"""Chunkwise mLSTM in Triton: launchers, block-size heuristics, autograd Function, public entry.
+
+Same cell, signature and state convention as `swax_megatron.ops.mlstm.mlstm_chunkwise`; the backward
+is the stop-gradient one (normaliser and stabiliser constant, research/mlstm.md §1.5).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .bwd import _bwd_dk_kernel, _bwd_dq_kernel, _bwd_dv_kernel, _bwd_state_kernel
+from .fwd import _fwd_out_kernel, _fwd_state_kernel
+
+# @triton.jit reads TRITON_INTERPRET when the kernels are defined, i.e. when this module is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+             torch.float64: tl.float64}
+
+
+def _p2(x: int) -> int:
+    return max(16, triton.next_power_of_2(int(x)))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tiling of one call. L: chunk length actually used; BL: rows per inner block (TFLA second level);
+    BK/BV: head-dim tiles of the state kernels (BK_S, BV_S) and of the parallel kernels (BK, BV)."""
+
+    L: int
+    BL: int
+    BK_S: int
+    BV_S: int
+    BK: int
+    BV: int
+    warps_state: int
+    warps_par: int
+
+
+def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool,
+                block_l: int | None = None, block_k: int | None = None, block_v: int | None = None) -> Blocks:
+    """Heuristic block sizes (no autotuning, no device query).
+
+    The interpreter runs each program instance as numpy code, so there the fewest, largest tiles win;
+    on a GPU the tiles are register-sized: 64-row inner blocks, 64-wide K tiles and up to 128-wide V tiles
+    (a wider V tile means fewer recomputations of q k^T per chunk)."""
+    # A chunk longer than the (power-of-two rounded) sequence only adds padding.
+    L = min(chunk_size, _p2(S))
+    if interpret:
+        BL = min(L, 64)
+        BK_S = BK = min(_p2(DK), 256)
+        BV_S = BV = min(_p2(DV), 512)
+    else:
+        BL = min(L, 64)
+        BK_S, BV_S = min(_p2(DK), 64), min(_p2(DV), 64)
+        BK, BV = min(_p2(DK), 64), min(_p2(DV), 128)
+    if block_l is not None:
+        BL = min(L, block_l)
+    if block_k is not None:
+        BK_S = BK = min(_p2(DK), block_k)
+    if block_v is not None:
+        BV_S = BV = min(_p2(DV), block_v)
+    for name, val in (("block_l", BL), ("block_k", BK), ("block_v", BV)):
+        if val < 16 or val & (val - 1):
+            raise ValueError(f"mlstm_chunkwise_triton: {name} must be a power of two >= 16, got {val}")
+    warps_par = 8 if BL * max(BK, BV) >= 64 * 128 else 4
+    return Blocks(L, BL, BK_S, BV_S, BK, BV, 4, warps_par)
+
+
+def _dtypes(dtype: torch.dtype, interpret: bool):
+    """(ACC, DT, SDT, PREC): accumulation dtype, dot dtype for input operands, dot dtype for state operands."""
+    if dtype == torch.float64:
+        return tl.float64, tl.float64, tl.float64, "ieee"
+    if dtype == torch.float32:
+        return tl.float32, tl.float32, tl.float32, "ieee"
+    if dtype == torch.bfloat16:
+        if interpret:  # the interpreter multiplies bf16 bit patterns (triton#11584): upcast there
+            return tl.float32, tl.float32, tl.float32, "ieee"
+        return tl.float32, tl.bfloat16, tl.bfloat16, "tf32"
+    # fp16: states and state gradients can exceed 65504, so their dots stay in fp32 (tf32 on GPU).
+    return tl.float32, tl.float16, tl.float32, "ieee" if interpret else "tf32"
+
+
+def _gate_buffers(i: torch.Tensor, f: torch.Tensor, L: int, NC: int, acc: torch.dtype):
+    """b (in-chunk inclusive cumsum of logsigmoid(f)) and ig, padded to NC*L and flattened to [BH, NC*L]."""
+    B, H, S = i.shape
+    pad = NC * L - S
+    logf = F.logsigmoid(f.to(acc))
+    ig = i.to(acc)
+    if pad:
+        logf = F.pad(logf, (0, pad), value=0.0)
+        ig = F.pad(ig, (0, pad), value=float("-inf"))
+    b = logf.reshape(B * H, NC, L).cumsum(-1).reshape(B * H, NC * L).contiguous()
+    return b, ig.reshape(B * H, NC * L).contiguous()
+
+
+def _forward(q, k, v, b, ig, C0, n0, m0, S, NC, blk: Blocks, eps: float):
+    """Returns h [BH,S,DV], CS, NS, MS, DEN, MT (see fwd.py for the layout)."""
+    BH, _, DK = q.shape
+    DV = v.shape[-1]
+    dev = q.device
+    ACC, DT, SDT, PREC = _dtypes(q.dtype, INTERPRET)
+    acc_t = b.dtype
+    CS = torch.empty(BH, NC + 1, DK, DV, dtype=acc_t, device=dev)
+    NS = torch.empty(BH, NC + 1, DK, dtype=acc_t, device=dev)
+    MS = torch.empty(BH, NC + 1, dtype=acc_t, device=dev)
+    has_init = C0 is not None
+    if m0 is None:
+        m0 = torch.zeros(BH, dtype=acc_t, device=dev)
+    grid = (triton.cdiv(DK, blk.BK_S), triton.cdiv(DV, blk.BV_S), BH)
+    _fwd_state_kernel[grid](
+        k, v, b, ig, C0 if has_init else CS, n0 if has_init else NS, m0, CS, NS, MS, S, NC,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S,
+        HAS_INIT=has_init, DT=DT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=2,
+    )
+    h = torch.empty(BH, S, DV, dtype=q.dtype, device=dev)
+    DEN = torch.empty(BH, NC * blk.L, dtype=acc_t, device=dev)
+    MT = torch.empty(BH, NC * blk.L, dtype=acc_t, device=dev)
+    grid = (triton.cdiv(DV, blk.BV), NC * (blk.L // blk.BL), BH)
+    _fwd_out_kernel[grid](
+        q, k, v, b, ig, CS, NS, MS, h, DEN, MT, S, NC, DK ** -0.5, eps,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV,
+        DT=DT, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_par, num_stages=2,
+    )
+    return h, CS, NS, MS, DEN, MT
+
+
+def _backward(q, k, v, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk: Blocks):
+    """Returns dq, dk, dv (input dtype); per token [BH, S]: q.dq and k.dk without the diagonal (t = j) term
+    of the intra-chunk sums, and that term; dC0 [BH, DK, DV]."""
+    BH, _, DK = q.shape
+    DV = v.shape[-1]
+    dev = q.device
+    ACC, DT, SDT, PREC = _dtypes(q.dtype, INTERPRET)
+    acc_t = b.dtype
+    scale = DK ** -0.5
+    DCS = torch.empty(BH, NC, DK, DV, dtype=acc_t, device=dev)
+    dC0 = torch.empty(BH, DK, DV, dtype=acc_t, device=dev)
+    has_dcn = dCN is not None
+    grid = (triton.cdiv(DK, blk.BK_S), triton.cdiv(DV, blk.BV_S), BH)
+    _bwd_state_kernel[grid](
+        q, dh, b, DEN, MT, MS, dCN if has_dcn else dC0, DCS, dC0, S, NC, scale,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S,
+        HAS_DCN=has_dcn, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=2,
+    )
+    nblk = NC * (blk.L // blk.BL)
+    NK = triton.cdiv(DK, blk.BK)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    QDQ, KDK, KDKD = (torch.empty(NK, BH, NC * blk.L, dtype=acc_t, device=dev) for _ in range(3))
+    common = dict(DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV, DT=DT, SDT=SDT, ACC=ACC, PREC=PREC,
+                  num_warps=blk.warps_par, num_stages=2)
+    _bwd_dq_kernel[(NK, nblk, BH)](q, k, v, dh, b, ig, CS, MS, DEN, MT, dq, QDQ, S, NC, BH, scale, **common)
+    _bwd_dk_kernel[(NK, nblk, BH)](q, k, v, dh, b, ig, DCS, MS, DEN, MT, dk, KDK, KDKD, S, NC, BH, scale,
+                                   **common)
+    _bwd_dv_kernel[(triton.cdiv(DV, blk.BV), nblk, BH)](q, k, dh, b, ig, DCS, MS, DEN, MT, dv, S, NC, scale,
+                                                        **common)
+    return dq, dk, dv, QDQ.sum(0)[:, :S], KDK.sum(0)[:, :S], KDKD.sum(0)[:, :S], dC0
+
+
+class _MLSTMChunkwiseTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps, block_l, block_k, block_v):
+        B, H, S, DK = q.shape
+        DV = v.shape[-1]
+        BH = B * H
+        blk = pick_blocks(S, DK, DV, chunk_size, INTERPRET, block_l, block_k, block_v)
+        NC = triton.cdiv(S, blk.L)
+        acc_t = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q3, k3, v3 = (t.reshape(BH, S, t.shape[-1]).contiguous() for t in (q, k, v))
+        b, ig = _gate_buffers(i, f, blk.L, NC, acc_t)
+        if C0 is not None:
+            C0 = C0.reshape(BH, DK, DV).to(acc_t).contiguous()
+            n0 = n0.reshape(BH, DK).to(acc_t).contiguous()
+            m0 = m0.reshape(BH).to(acc_t).contiguous()
+        h, CS, NS, MS, DEN, MT = _forward(q3, k3, v3, b, ig, C0, n0, m0, S, NC, blk, eps)
+        C_N = CS[:, NC].clone()
+        n_N = NS[:, NC].clone()
+        m_N = MS[:, NC].clone()
+        ctx.save_for_backward(q3, k3, v3, f, b, ig, CS, MS, DEN, MT, C_N, n_N, C0, n0)
+        ctx.meta = (B, H, S, NC, blk, C0 is not None, i.dtype, f.dtype)
+        ctx.mark_non_differentiable(m_N)
+        ctx.set_materialize_grads(False)
+        return (h.view(B, H, S, DV), C_N.view(B, H, DK, DV), n_N.view(B, H, DK), m_N.view(B, H))
+
+    @staticmethod
+    def backward(ctx, dh, dC_N, dn_N, _dm_N):
+        q3, k3, v3, f, b, ig, CS, MS, DEN, MT, C_N, n_N, C0, n0 = ctx.saved_tensors
+        B, H, S, NC, blk, has_init, i_dtype, f_dtype = ctx.meta
+        BH, _, DK = q3.shape
+        DV = v3.shape[-1]
+        acc_t = b.dtype
+        if dh is None:
+            dh = torch.zeros(BH, S, DV, dtype=q3.dtype, device=q3.device)
+        dh = dh.reshape(BH, S, DV).to(q3.dtype).contiguous()
+        dCN = None if dC_N is None else dC_N.reshape(BH, DK, DV).to(acc_t).contiguous()
+        dq, dk, dv, qdq, kdk, kdk_diag, dC0 = _backward(q3, k3, v3, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk)
+
+        # The log f gradient picks up <dC_N, C_N> (+ <dn_N, n_N>): scaling every write up to step r and the
+        # carried-in state by exp(delta) is what adding delta to log f_r does to the final state.
+        tail = torch.zeros(BH, dtype=acc_t, device=q3.device)
+        if dCN is not None:
+            tail += (dCN * C_N).sum((-2, -1))
+        dn0 = None
+        if dn_N is not None:
+            # n enters no output under the stop-gradient convention except the returned final n:
+            # n_N = exp(G + m0 - m_N) n0 + sum_j exp(F_Nj + i_j - m_N) k_j, added here in torch.
+            dnN = dn_N.reshape(BH, DK).to(acc_t)
+            L = blk.L
+            g = b.view(BH, NC, L)[:, :, -1]
+            g_after = g.flip(-1).cumsum(-1).flip(-1) - g  # sum of chunk decays after chunk c
+            m_N = MS[:, NC]
+            a = (g[:, :, None] - b.view(BH, NC, L)) + ig.view(BH, NC, L)
+            w = torch.exp(a + g_after[:, :, None] - m_N[:, None, None]).reshape(BH, NC * L)[:, :S]
+            dk_n = w[:, :, None] * dnN[:, None, :]
+            kdk = kdk + (k3.to(acc_t) * dk_n).sum(-1)
+            dk = (dk.to(acc_t) + dk_n).to(k3.dtype)
+            tail += (dnN * n_N).sum(-1)
+            if has_init:
+                dn0 = (dnN * torch.exp(g.sum(-1) + MS[:, 0] - m_N)[:, None]).view(B, H, DK)
+        di = kdk + kdk_diag
+        dlogf = (qdq - kdk).flip(-1).cumsum(-1).flip(-1) + tail[:, None]
+        df = dlogf * torch.sigmoid(-f.reshape(BH, S).to(acc_t))
+        dC0_out = dm0 = None
+        if has_init:
+            dC0_out = dC0.view(B, H, DK, DV)
+            # m0 only rescales the carried (C0, n0): exp(m0 - m_1) multiplies both in the first step.
+            dm0 = (dC0 * C0).sum((-2, -1))
+            if dn0 is not None:
+                dm0 = dm0 + (dn0.reshape(BH, DK) * n0).sum(-1)
+            dm0 = dm0.view(B, H)
+        return (dq.view(B, H, S, DK), dk.view(B, H, S, DK), dv.view(B, H, S, DV),
+                di.view(B, H, S).to(i_dtype), df.view(B, H, S).to(f_dtype),
+                dC0_out, dn0, dm0, None, None, None, None, None)
+
+
+def _check(q, k, v, i, f, chunk_size, initial_state, eps, grad):
+    from .._common import check_eps, check_sequence_inputs, check_state
+
+    B, H, S, DK, DV = check_sequence_inputs(q, k, v, i, f)
+    check_eps(eps)
+    if grad == "exact":
+        raise NotImplementedError(
+            "mlstm_chunkwise_triton: grad='exact' (plain autograd through the normaliser and stabiliser) has no "
+            "Triton kernel; use swax_megatron.ops.mlstm.mlstm_chunkwise(..., grad='exact')")
+    if grad != "stopgrad":
+        raise ValueError(f"mlstm_chunkwise_triton: grad must be 'stopgrad' or 'exact', got {grad!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 16 \
+            or chunk_size & (chunk_size - 1):
+        raise ValueError(f"mlstm_chunkwise_triton: chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    if q.dtype not in _TL_DTYPE or any(t.dtype != q.dtype for t in (k, v)):
+        raise TypeError("mlstm_chunkwise_triton: q, k, v must share one dtype among float16, bfloat16, float32, "
+                        f"float64; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device.type == "cpu" and not INTERPRET:
+        raise RuntimeError("mlstm_chunkwise_triton: CPU tensors need TRITON_INTERPRET=1 set before the kernels are "
+                           "imported; on CPU use swax_megatron.ops.mlstm.mlstm_chunkwise")
+    if initial_state is not None:
+        check_state(initial_state, B, H, DK, DV)
+        if any(t.device != q.device for t in initial_state):
+            raise ValueError(f"mlstm_chunkwise_triton: initial_state must be on {q.device}")
+    return B, H, S, DK, DV
+
+
+def mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, grad="stopgrad", *,
+                           block_l=None, block_k=None, block_v=None):
+    """Chunkwise mLSTM (Triton forward and stop-gradient backward).
+
+    q, k [B, H, S, Dqk]; v [B, H, S, Dv]; i, f gate pre-activations [B, H, S] (input gate exp(i), forget gate
+    sigmoid(f) used as logsigmoid(f)). q is scaled by Dqk**-0.5 inside. Any S (the tail chunk is masked).
+    initial_state (C [B,H,Dqk,Dv], n [B,H,Dqk], m [B,H]) or None (zeros, m = 0).
+    Returns h [B, H, S, Dv] in q's dtype and the final state (C, n, m) in float32 (float64 for float64 inputs).
+    chunk_size: power of two >= 16; chunks above 64 are tiled in blocks of 64 rows (TFLA's second level).
+    block_l / block_k / block_v override the heuristic tiling (tests use them to exercise every path).
+    Gradients flow to q, k, v, i, f and to the initial C, n and m (m0 rescales the carried state); the
+    normaliser and every stabiliser computed inside are constants (stop-gradient convention), so the
+    returned final m carries no gradient.
+    """
+    _check(q, k, v, i, f, chunk_size, initial_state, eps, grad)
+    C0 = n0 = m0 = None
+    if initial_state is not None:
+        C0, n0, m0 = initial_state
+    h, C, n, m = _MLSTMChunkwiseTriton.apply(q, k, v, i, f, C0, n0, m0, chunk_size, float(eps),
+                                             block_l, block_k, block_v)
+    return h, (C, n, m)
