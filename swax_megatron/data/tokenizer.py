@@ -126,7 +126,7 @@ def trainer_settings(vocab_size: int, num_threads: int = 2) -> dict:
         # 256 byte pieces + 4 specials is the floor for a byte-fallback model.
         raise DataError(None, f"tokenizer vocab_size must be an integer >= 260, got {vocab_size!r}")
     return dict(
-        model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=1.0,
+        model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
         normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=False, split_digits=True, allow_whitespace_only_pieces=True,
         user_defined_symbols=["\n"], unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
