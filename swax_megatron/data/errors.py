@@ -8,7 +8,9 @@ class DataError(ValueError):
     `DataError: /data/web.bin: truncated: the index says 4096 bytes, the file has 1000`.
     """
 
-    def __init__(self, path, problem: str):
+    def __init__(self, path, problem: str | None = None):
+        if problem is None:  # DataError("message"): no file involved
+            path, problem = None, path
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")

@@ -152,7 +152,7 @@ class IndexedInfo:
 
 
 def validate_indexed_dataset(prefix, *, vocab_size: Optional[int] = None, tokenizer=None,
-                             max_scan_bytes: int = 2 << 30) -> IndexedInfo:
+                             max_scan_bytes: int = 256 << 20) -> IndexedInfo:
     """Check `<prefix>.idx` / `.bin` for everything that makes Megatron fail obscurely.
 
     With `tokenizer` (or `vocab_size`) the token ids are checked against the vocabulary (every
@@ -168,29 +168,33 @@ def validate_indexed_dataset(prefix, *, vocab_size: Optional[int] = None, tokeni
     if tokenizer is not None:
         vocab_size = tokenizer.vocab_size
 
-    raw = idx.read_bytes()
-    if len(raw) < _HEADER_BYTES:
-        raise DataError(idx, f"truncated index: {len(raw)} bytes, shorter than the header")
-    if raw[:9] != _INDEX_HEADER:
+    idx_bytes = idx.stat().st_size
+    with open(idx, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    if len(head) < _HEADER_BYTES:
+        raise DataError(idx, f"truncated index: {len(head)} bytes, shorter than the header")
+    if head[:9] != _INDEX_HEADER:
         raise DataError(idx, "not a Megatron index file (bad magic bytes)")
-    version, code, n_seq, n_doc = struct.unpack("<QBQQ", raw[9:_HEADER_BYTES])
+    version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
     if version != 1:
         raise DataError(idx, f"unsupported index version {version}")
     if code not in _DTYPES:
         raise DataError(idx, f"unknown token dtype code {code}")
     dtype = _DTYPES[code]
     expected = _HEADER_BYTES + n_seq * 4 + n_seq * 8 + n_doc * 8
-    if len(raw) != expected and len(raw) != expected + n_seq:  # + n_seq: multimodal modes
-        problem = "truncated" if len(raw) < expected else "corrupt"
-        raise DataError(idx, f"{problem} index: {len(raw)} bytes, the header's counts "
+    if idx_bytes != expected and idx_bytes != expected + n_seq:  # + n_seq: multimodal modes
+        problem = "truncated" if idx_bytes < expected else "corrupt"
+        raise DataError(idx, f"{problem} index: {idx_bytes} bytes, the header's counts "
                              f"({n_seq} sequences, {n_doc - 1} documents) need {expected}")
-    off = _HEADER_BYTES
-    lengths = np.frombuffer(raw, np.int32, n_seq, off)
-    pointers = np.frombuffer(raw, np.int64, n_seq, off + 4 * n_seq)
-    doc_idx = np.frombuffer(raw, np.int64, n_doc, off + 12 * n_seq)
-
     if n_doc < 2 or n_seq == 0:
         raise DataError(idx, "the dataset has no documents")
+    # memmap, not read(): the index of a large corpus is gigabytes.
+    mm = np.memmap(idx, dtype=np.uint8, mode="r")
+    off = _HEADER_BYTES
+    lengths = np.frombuffer(mm, np.int32, n_seq, off)
+    pointers = np.frombuffer(mm, np.int64, n_seq, off + 4 * n_seq)
+    doc_idx = np.frombuffer(mm, np.int64, n_doc, off + 12 * n_seq)
+
     if doc_idx[0] != 0 or doc_idx[-1] != n_seq or np.any(np.diff(doc_idx) < 0):
         raise DataError(idx, "corrupt index: document boundaries are not increasing from 0 to "
                              "the sequence count")
@@ -225,7 +229,7 @@ def validate_indexed_dataset(prefix, *, vocab_size: Optional[int] = None, tokeni
                                                                  max_scan_bytes) < 0:
             raise DataError(binf, "negative token id: corrupt data")
     if tokenizer is not None:
-        _check_meta(prefix, tokenizer, have, len(raw))
+        _check_meta(prefix, tokenizer, have, idx_bytes)
     return IndexedInfo(prefix, dtype, int(n_seq), int(n_doc - 1), need // itemsize, max_token,
                        lengths, doc_idx)
 

@@ -65,6 +65,15 @@ class SentencePieceTokenizer:
         self.unique_identifiers = OrderedDict(
             [("class", type(self).__name__), ("vocab_sha256", self.fingerprint)])
 
+    def __getstate__(self):  # DataLoader workers under spawn pickle the dataset config
+        return {"model_path": self.model_path, "proto": self._sp.serialized_model_proto(),
+                "fingerprint": self.fingerprint, "unique_identifiers": self.unique_identifiers}
+
+    def __setstate__(self, state):
+        sp = _sentencepiece().SentencePieceProcessor()
+        sp.LoadFromSerializedProto(state.pop("proto"))
+        self.__dict__.update(state, _sp=sp)
+
     # Megatron's tokenizer attributes -----------------------------------------------------------
 
     @property

@@ -164,3 +164,26 @@ def test_bad_input_files(tiny_tokenizer, tmp_path):
     with pytest.raises(DataError, match=r"out: no non-empty documents to write"):
         preprocess_files([empty], out, tiny_tokenizer)
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
+
+
+def test_sampled_token_scan_still_sees_both_ends(tiny_tokenizer, tmp_path, monkeypatch):
+    from swax_megatron.data import indexed
+
+    class Ends:  # a bad id at the very start and at the very end of a long stream
+        vocab_size, eod = 1000, 2
+
+        def tokenize_batch(self, texts, num_threads=1):
+            return [[int(t)] * 50 for t in texts]
+
+    write_indexed_dataset(["5", "6", "7"], tmp_path / "tail", Ends())
+    write_indexed_dataset(["900", "6", "7"], tmp_path / "head", Ends())
+    monkeypatch.setattr(indexed, "_SCAN_CHUNK_TOKENS", 8)
+    for name in ("tail", "head"):
+        if name == "tail":  # the last token is eod=2: put a bad id just before it
+            data = np.memmap(tmp_path / "tail.bin", dtype=np.uint16, mode="r+")
+            data[-2] = 700
+            data.flush()
+            del data
+        with pytest.raises(DataError, match=r"token id (700|900) >= the tokenizer's vocab_size"):
+            validate_indexed_dataset(tmp_path / name, tokenizer=tiny_tokenizer,
+                                     max_scan_bytes=32)  # 16 tokens of 153: two sampled chunks

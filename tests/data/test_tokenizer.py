@@ -103,3 +103,12 @@ def test_long_lines_are_cut_for_training():
     sentences = list(tokmod.training_sentences([long_line + "\n\nshort para"]))
     assert all(len(s.encode()) <= tokmod.MAX_SENTENCE_BYTES for s in sentences)
     assert "".join(sentences[:-1]) == long_line and sentences[-1] == "short para"
+
+
+def test_pickles_for_dataloader_workers(tiny_tokenizer):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(tiny_tokenizer))
+    assert clone.fingerprint == tiny_tokenizer.fingerprint
+    assert clone.tokenize(SAMPLES[2]) == tiny_tokenizer.tokenize(SAMPLES[2])
+    assert clone.unique_identifiers == tiny_tokenizer.unique_identifiers
