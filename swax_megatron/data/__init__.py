@@ -11,6 +11,7 @@ from .indexed import (IndexedInfo, IndexedStats, read_documents, validate_indexe
 from .prepare import (EmbeddedData, datasets_from_config, prepare_embedded_data, rank0_first,
                       tokenizer_from_config)
 from .preprocess import iter_documents, preprocess_files
+from .stats import unigram_baseline_loss
 from .tokenizer import SentencePieceTokenizer, default_tokenizer, train_tokenizer
 
 __all__ = [
@@ -18,6 +19,6 @@ __all__ = [
     "SentencePieceTokenizer", "TEST_PLAYS", "VALID_PLAYS", "build_gpt_datasets",
     "datasets_from_config", "default_tokenizer", "embedded_corpus", "iter_documents",
     "normalize_blend", "play_names", "prepare_embedded_data", "preprocess_files", "rank0_first",
-    "read_documents", "tokenizer_from_config", "train_tokenizer", "validate_indexed_dataset",
-    "write_indexed_dataset",
+    "read_documents", "tokenizer_from_config", "train_tokenizer", "unigram_baseline_loss",
+    "validate_indexed_dataset", "write_indexed_dataset",
 ]

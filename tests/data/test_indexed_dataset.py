@@ -86,3 +86,20 @@ def test_text_modes_skip_nothing_real(tiny_tokenizer, tmp_path, mode):
     f.write_text("a b\n\nc d\n")
     stats = preprocess_files([f], tmp_path / mode, tiny_tokenizer, text_mode=mode)
     assert stats.documents == {"file": 1, "paragraph": 2, "line": 2}[mode]
+
+
+def test_unigram_baseline(tmp_path):
+    from swax_megatron.data.stats import unigram_baseline_loss
+
+    class Fixed:
+        vocab_size, eod = 4, 0
+
+        def tokenize_batch(self, texts, num_threads=1):
+            return [[int(c) for c in t] for t in texts]
+
+    write_indexed_dataset(["1112", "13"], tmp_path / "train", Fixed())  # + eod per document
+    write_indexed_dataset(["12"], tmp_path / "eval", Fixed())
+    # train counts (eod=0, 1, 2, 3) = (2, 4, 1, 1), +1 smoothing -> (3, 5, 2, 2) / 12
+    p = np.array([3, 5, 2, 2]) / 12
+    expected = -(np.log(p[1]) + np.log(p[2]) + np.log(p[0])) / 3
+    assert unigram_baseline_loss(tmp_path / "train", tmp_path / "eval", 4) == pytest.approx(expected)
