@@ -14,11 +14,15 @@ PATTERNS = ["XS*2", "S*2", "X*2", "G*2", "SG"]
 
 
 def tiny_config(pattern, tp=1, pp=1, **overrides):
-    from swax_megatron.config.pattern import expand
+    from swax_megatron.config.pattern import PatternError, expand
     from swax_megatron.models import SwaxConfig
 
+    try:
+        num_layers = len(expand(pattern))
+    except PatternError:
+        num_layers = 2  # a bad pattern: SwaxConfig itself must reject it
     kw = dict(
-        num_layers=len(expand(pattern)), hidden_size=64, num_attention_heads=4, num_query_groups=2,
+        num_layers=num_layers, hidden_size=64, num_attention_heads=4, num_query_groups=2,
         ffn_hidden_size=96, layer_pattern=pattern, swa_window=5, mlstm_num_heads=2,
         # igate bias 0 instead of -10: the mLSTM then contributes O(1) from the first step, so a
         # wrong mLSTM shard or gradient cannot hide below the tolerances.
@@ -78,20 +82,23 @@ def forward_backward(model, data, forward_only=False, ddp=None):
     (on the last stage; [] elsewhere)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    losses = []  # recorded here: what the schedule reports is scaled by 1 / num_microbatches
+
     def forward_step(data_iter, m):
         batch = next(data_iter)
         out = m(batch[:, :-1], labels=batch[:, 1:])
 
         def loss_func(output):
             loss = output.float().mean()
+            losses.append(loss.item())
             return loss, {"loss": loss.detach()}
 
         return out, loss_func
 
-    losses = get_forward_backward_func()(
+    get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iter(data), model=[ddp or model],
         num_microbatches=len(data), seq_length=SEQ, micro_batch_size=MBS, forward_only=forward_only)
-    return [d["loss"].item() for d in losses]
+    return losses
 
 
 def named_grads(model):
@@ -104,17 +111,20 @@ def named_params(model):
             for n, p in model.named_parameters()}
 
 
-def perturb_(model, scale=0.05):
-    """Add name-seeded noise to every parameter (different on each TP shard of a sharded one),
-    so a checkpoint test cannot pass by loading the init values."""
+def perturb_(model, scale=0.02, vector_scale=0.3):
+    """Add name-seeded noise to every parameter (different on each TP shard of a sharded one):
+    N(0, scale) on matrices, N(0, vector_scale) on vectors (norm weights, gate biases), which are
+    ones/constants at init and would hide a misplaced head or a transposed norm."""
     from megatron.core import parallel_state
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if name == "output_layer.weight" and model.share_embeddings_and_output_weights:
+                name = "embedding.word_embeddings.weight"  # the last stage's copy of the tied weight
             key = global_name(model, name) + (f"@tp{tp_rank}" if shard_info(p) else "")
             g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+            p.add_(torch.randn(p.shape, generator=g) * (vector_scale if p.dim() == 1 else scale))
 
 
 def gather_tp_last_dim(t):
