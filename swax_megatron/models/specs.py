@@ -9,6 +9,7 @@ per-call window is a later addition: pass `core_attention_cls`).
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -27,10 +28,29 @@ from .mlstm_layer import HeadwiseLayerNorm, MLSTMMixer, MLSTMMixerSubmodules
 BACKENDS = ("local", "te")
 
 
+class LocalNorm:
+    """megatron's WrappedTorchNorm (torch RMSNorm / LayerNorm per config.normalization), usable
+    under sequence parallelism too, which WrappedTorchNorm refuses: the norm then sees this
+    rank's sequence shard, so its weight gradient is partial per TP rank; the `sequence_parallel`
+    attribute makes finalize_model_grads sum it over TP, as for megatron's TE norms."""
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **unused):
+        if config.sequence_parallel:
+            config = copy.copy(config)
+            config.sequence_parallel = False
+            sequence_parallel = True
+        else:
+            sequence_parallel = False
+        norm = WrappedTorchNorm(config=config, hidden_size=hidden_size, eps=eps)
+        for p in norm.parameters():
+            setattr(p, "sequence_parallel", sequence_parallel)
+        return norm
+
+
 class _Classes:
     def __init__(self, backend: str):
         if backend == "local":
-            self.norm, self.column, self.row = WrappedTorchNorm, ColumnParallelLinear, RowParallelLinear
+            self.norm, self.column, self.row = LocalNorm, ColumnParallelLinear, RowParallelLinear
         elif backend == "te":
             try:
                 import transformer_engine  # noqa: F401

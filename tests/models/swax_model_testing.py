@@ -72,6 +72,8 @@ def merge_shards(shards, info):
     (the SwiGLU fc1 holds [gate_r; up_r])."""
     if info is None:
         return shards[0]
+    if info == "sum":  # sequence-parallel norm weights: each rank holds a partial gradient
+        return sum(shards)
     dim, stride = info
     pieces = [s.chunk(stride, dim=dim) for s in shards]
     return torch.cat([p[j] for j in range(stride) for p in pieces], dim=dim)
@@ -102,7 +104,8 @@ def forward_backward(model, data, forward_only=False, ddp=None):
 
 
 def named_grads(model):
-    return {global_name(model, n): (p.grad.detach().clone(), shard_info(p))
+    return {global_name(model, n): (p.grad.detach().clone(),
+                                     "sum" if getattr(p, "sequence_parallel", False) else shard_info(p))
             for n, p in model.named_parameters() if p.grad is not None}
 
 

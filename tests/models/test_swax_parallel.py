@@ -1,6 +1,6 @@
-"""TP=2, PP=2 and TP2xPP2 give the single-process losses and gradients (<= 1e-5) for the patterns
-XS, S, X, G, SG, with GQA (4 query heads, 2 kv heads). One forked run per layout covers all
-patterns. No weights are copied between runs: SwaxModel's init depends only on (seed, config),
+"""TP=2, PP=2, TP2xPP2 and TP=2 with sequence parallelism give the single-process losses and
+gradients (<= 1e-5) for the patterns XS, S, X, G, SG, with GQA (4 query heads, 2 kv heads).
+One forked run per layout covers all patterns. No weights are copied between runs: SwaxModel's init depends only on (seed, config),
 not on the TP/PP layout (use_cpu_initialization), which this test also proves."""
 
 import functools
@@ -15,10 +15,10 @@ from swax_model_testing import (PATTERNS, batches, build, forward_backward, merg
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-def _run(rank, tp, pp):
+def _run(rank, tp, pp, sp=False):
     out = {}
     for pattern in PATTERNS:
-        model = build(tiny_config(pattern, tp=tp, pp=pp))
+        model = build(tiny_config(pattern, tp=tp, pp=pp, sequence_parallel=sp))
         losses = forward_backward(model, batches())
         out[pattern] = (losses, named_grads(model), named_params(model))
     return out
@@ -31,9 +31,10 @@ def single():
             for p, (losses, grads, params) in res.items()}
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)], ids=["tp2", "pp2", "tp2xpp2"])
-def test_layout_matches_single_process(single, tp, pp):
-    per_rank = run_distributed(functools.partial(_run, tp=tp, pp=pp), tp * pp, tp=tp, pp=pp)
+@pytest.mark.parametrize("tp,pp,sp", [(2, 1, False), (1, 2, False), (2, 2, False), (2, 1, True)],
+                         ids=["tp2", "pp2", "tp2xpp2", "tp2_sequence_parallel"])
+def test_layout_matches_single_process(single, tp, pp, sp):
+    per_rank = run_distributed(functools.partial(_run, tp=tp, pp=pp, sp=sp), tp * pp, tp=tp, pp=pp)
     for pattern in PATTERNS:
         ref_losses, ref_grads, ref_params = single[pattern]
         assert len(ref_losses) == 2 and all(l > 0 for l in ref_losses)
