@@ -121,6 +121,9 @@ class SwaxModel(LanguageModule):
             bad = {k for k, v in unused.items() if v is not None}
             if bad:
                 raise TypeError(f"SwaxModel.forward does not support {sorted(bad)}")
+        if attention_mask is not None:
+            raise ValueError("SwaxModel builds its causal / sliding-window masks itself; pass "
+                             "attention_mask=None (e.g. GPTDatasetConfig(create_attention_mask=False))")
         if decoder_input is None and self.pre_process:
             decoder_input = self.embedding(input_ids=input_ids, position_ids=None)
         rotary = None
@@ -128,7 +131,7 @@ class SwaxModel(LanguageModule):
             seq_len = self.rotary_pos_emb.get_rotary_seq_len(None, self.decoder, decoder_input,
                                                                self.config, None)
             rotary = self.rotary_pos_emb(seq_len)
-        hidden = self.decoder(decoder_input, attention_mask=attention_mask, rotary_pos_emb=rotary)
+        hidden = self.decoder(decoder_input, rotary_pos_emb=rotary)
         if not self.post_process:
             return hidden
         weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
