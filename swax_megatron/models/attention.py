@@ -18,6 +18,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
 
+from ..ops.swa import sliding_window_attention
 from .config import SwaxConfig
 
 
@@ -80,8 +81,6 @@ class SwaxCoreAttention(MegatronModule):
                              "attention_mask=None")
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("SWAX core attention supports neither attention_bias nor packed sequences")
-        from swax_megatron.ops.swa import sliding_window_attention
-
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         out = sliding_window_attention(q, k, v, self.window, softmax_scale=self.softmax_scale)

@@ -28,6 +28,7 @@ from megatron.core.transformer.utils import (
     sharded_state_dict_default,
 )
 
+from ..ops.mlstm import mlstm_chunkwise
 from .config import SwaxConfig
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -38,16 +39,14 @@ def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
 
 
 def _kernel(name: str, device: torch.device):
+    """torch chunkwise on CPU (and when asked); the Triton kernels on CUDA ("auto": if triton
+    imports). Imported lazily: importing triton costs seconds and is useless on CPU."""
     if name == "torch" or (name == "auto" and device.type != "cuda"):
-        from swax_megatron.ops.mlstm import mlstm_chunkwise
-
         return mlstm_chunkwise
     try:
-        from swax_megatron.ops.mlstm.triton import mlstm_chunkwise_triton
+        from ..ops.mlstm.triton import mlstm_chunkwise_triton
     except ImportError as e:
         if name == "auto":
-            from swax_megatron.ops.mlstm import mlstm_chunkwise
-
             return mlstm_chunkwise
         raise ImportError(f"mlstm_kernel='triton' needs triton ({e}); install the 'triton' extra "
                           f"or set model.mlstm.kernel: torch") from None
