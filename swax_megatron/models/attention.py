@@ -58,6 +58,10 @@ class SwaxCoreAttention(MegatronModule):
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout:
             raise ValueError("SWAX core attention does not support attention dropout")
+        if config.swa_backend not in ("auto", "torch"):
+            raise NotImplementedError(
+                f"attention backend {config.swa_backend!r} is not available yet: SWAX core attention "
+                f"runs swax_megatron.ops.swa (torch); set model.attention_backend to auto or torch")
         if pg_collection is None:
             pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
         self.layer_number = layer_number

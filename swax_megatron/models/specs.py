@@ -103,11 +103,14 @@ def get_swax_layer_spec(symbol: str, backend: str = "local",
         input_layernorm=c.norm, mixer=mixer, pre_mlp_layernorm=c.norm, mlp=mlp))
 
 
-def get_swax_block_spec(backend: str = "local") -> ModuleSpec:
-    """Spec of the decoder stack: one layer spec per symbol plus the final norm."""
+def get_swax_block_spec(backend: str = "local", sliding_core_attention: Optional[type] = None,
+                        global_core_attention: Optional[type] = None) -> ModuleSpec:
+    """Spec of the decoder stack: one layer spec per symbol plus the final norm. The core
+    attention classes of S and G layers can be replaced (default: SlidingWindowCoreAttention,
+    GlobalCoreAttention)."""
     norm = _Classes(backend).norm
     return ModuleSpec(module=SwaxBlock, submodules=SwaxBlockSubmodules(
-        sliding_attention_layer=get_swax_layer_spec("S", backend),
-        global_attention_layer=get_swax_layer_spec("G", backend),
+        sliding_attention_layer=get_swax_layer_spec("S", backend, sliding_core_attention),
+        global_attention_layer=get_swax_layer_spec("G", backend, global_core_attention),
         mlstm_layer=get_swax_layer_spec("X", backend),
         final_norm=norm))

@@ -30,6 +30,19 @@ def _api(rank):
     except ValueError as e:
         res["mask_error"] = str(e)
 
+    try:
+        build(tiny_config("SX", swa_backend="flex"))
+    except NotImplementedError as e:
+        res["backend_error"] = str(e)
+
+    # bf16 parameters (the GPU default): the forward runs, the mLSTM state stays fp32
+    bf16 = build(tiny_config("XSG", params_dtype=torch.bfloat16, bf16=True))
+    with torch.no_grad():
+        res["bf16"] = bf16(tokens[:, :-1], labels=tokens[:, 1:] % 128)
+        mixer = bf16.decoder.layers[0].mixer
+        h, _, state = mixer(torch.randn(SEQ, 2, 64, dtype=torch.bfloat16), return_state=True)
+        res["bf16_mixer"] = (h.dtype, [s.dtype for s in state])
+
     # mLSTM state passing: [0, 8) then [8, S) from the carried (C, n, m) == one pass
     mixer = build(tiny_config("X")).decoder.layers[0].mixer
     x = torch.randn(SEQ, 2, 64)
@@ -64,3 +77,14 @@ def test_mlstm_mixer_state_passing(api):
     torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     for a, b in zip(state_pieces, state_full):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_unavailable_attention_backend_fails_at_build(api):
+    assert "attention backend 'flex' is not available yet" in api["backend_error"]
+
+
+def test_bf16_forward(api):
+    loss = api["bf16"]
+    assert loss.shape == (2, SEQ) and torch.isfinite(loss).all()
+    h_dtype, state_dtypes = api["bf16_mixer"]
+    assert h_dtype == torch.bfloat16 and state_dtypes == [torch.float32] * 3
