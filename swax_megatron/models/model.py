@@ -134,7 +134,9 @@ class SwaxModel(LanguageModule):
         hidden = self.decoder(decoder_input, rotary_pos_emb=rotary)
         if not self.post_process:
             return hidden
-        weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        weight = None
+        if self.share_embeddings_and_output_weights:
+            weight = self.shared_embedding_or_output_weight()
         logits, _ = self.output_layer(hidden, weight=weight)
         logits = soft_cap(logits, self.config.output_logit_soft_cap)
         if labels is None:

@@ -17,7 +17,7 @@ chunkwise kernels the megatron model runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -49,7 +49,6 @@ class ReferenceConfig:
     mlstm_cell_epsilon: float = 1e-6
     tie_embeddings: bool = False
     output_logit_soft_cap: Optional[float] = 30.0
-    extra: Dict = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -173,7 +172,8 @@ class HeadwiseLayerNorm(nn.Module):
 
     def forward(self, x):  # [..., heads, dv]
         xf = x.float()
-        y = (xf - xf.mean(-1, keepdim=True)) * torch.rsqrt(xf.var(-1, unbiased=False, keepdim=True) + self.eps)
+        var = xf.var(-1, unbiased=False, keepdim=True)
+        y = (xf - xf.mean(-1, keepdim=True)) * torch.rsqrt(var + self.eps)
         return (y * self.weight.float().view(self.num_heads, self.head_dim)).to(x.dtype)
 
 
@@ -268,11 +268,13 @@ class SwaxReference(nn.Module):
         for layer in self.decoder.layers:
             x = layer(x, window)
         x = self.decoder.final_norm(x)
-        weight = self.embedding.word_embeddings.weight if self.cfg.tie_embeddings else self.output_layer.weight
+        tied = self.cfg.tie_embeddings
+        weight = self.embedding.word_embeddings.weight if tied else self.output_layer.weight
         logits = soft_cap(x @ weight.t(), self.cfg.output_logit_soft_cap)
         if labels is None:
             return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+        return loss.view_as(labels)
 
 
 def reference_state_dict_from_megatron(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

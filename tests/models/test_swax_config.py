@@ -48,7 +48,8 @@ BAD = [
     ("XS", 2, 1, {"num_query_groups": 1}, "SwaxConfigError",
      r"num_query_groups \(kv heads\) 1 is not divisible by tensor_model_parallel_size 2"),
     ("XSX", 1, 2, {}, "SwaxConfigError", "3 layers do not split evenly into 2 pipeline stages"),
-    ("XS|X|S", 1, 2, {}, "SwaxConfigError", r"has 3 stages \('\|' markers\) but pipeline_model_parallel_size is 2"),
+    ("XS|X|S", 1, 2, {}, "SwaxConfigError",
+     r"has 3 stages \('\|' markers\) but pipeline_model_parallel_size is 2"),
     ("XS", 1, 1, {"mlstm_num_heads": 5}, "SwaxConfigError", "not a positive multiple of mlstm_num_heads 5"),
     ("XS", 2, 1, {"vocab_size": 127}, "SwaxConfigError", "vocab_size 127 is not divisible"),
     ("XS", 1, 1, {"swa_window": 0}, "SwaxConfigError", "swa_window must be a positive int"),
@@ -80,8 +81,9 @@ def test_spec_backends():
 
     spec = get_swax_block_spec("local")
     sub = spec.submodules
-    assert sub.sliding_attention_layer.submodules.mixer.submodules.core_attention is SlidingWindowCoreAttention
-    assert sub.global_attention_layer.submodules.mixer.submodules.core_attention is GlobalCoreAttention
+    core = lambda layer: layer.submodules.mixer.submodules.core_attention  # noqa: E731
+    assert core(sub.sliding_attention_layer) is SlidingWindowCoreAttention
+    assert core(sub.global_attention_layer) is GlobalCoreAttention
     assert sub.mlstm_layer.submodules.mixer.module is MLSTMMixer
     with pytest.raises(ValueError, match="unknown layer symbol 'Q'"):
         get_swax_layer_spec("Q")

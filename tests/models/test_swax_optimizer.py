@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dist import run_distributed
-from swax_model_testing import PATTERNS, batches, build, forward_backward, merge_rank_dicts, named_params, tiny_config
+from swax_model_testing import (PATTERNS, batches, build, forward_backward, merge_rank_dicts,
+                                named_params, tiny_config)
 
 STEPS = 3
 

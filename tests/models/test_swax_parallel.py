@@ -1,7 +1,8 @@
 """TP=2, PP=2, TP2xPP2 and TP=2 with sequence parallelism give the single-process losses and
 gradients (<= 1e-5) for the patterns XS, S, X, G, SG, with GQA (4 query heads, 2 kv heads).
-One forked run per layout covers all patterns. No weights are copied between runs: SwaxModel's init depends only on (seed, config),
-not on the TP/PP layout (use_cpu_initialization), which this test also proves."""
+One forked run per layout covers all patterns. No weights are copied between runs: SwaxModel's
+init depends only on (seed, config), not on the TP/PP layout (use_cpu_initialization), which
+this test also proves."""
 
 import functools
 
