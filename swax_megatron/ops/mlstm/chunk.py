@@ -42,11 +42,16 @@ _NEG = -1e30  # input-gate value of padded tail steps: exp(_NEG - m) == 0, and n
 def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
     """Chunked forward on [X, NC, L, *] tensors (X = B*H; qs already scaled; v_aug = [v | 1]).
 
+    The gate path (i, logf, m0 and everything derived from them) is float64 whatever the compute
+    dtype: it is O(S) work, and the in-chunk log weights b_t - b_j + i_j - m_t cancel terms of
+    size up to chunk_size * |log f|, which costs fp32 about 1e-3 relative error at saturated gates.
+
     Runs in place where it may (no autograd), out of place under autograd (grad="exact").
     Returns (h [X,NC,L,Dv], final state aug [X,Dqk,Dv+1], final m [X], saved dict or None)."""
     X, NC, L, Dqk = qs.shape
     Dv1 = v_aug.shape[-1]
     ip = not torch.is_grad_enabled()
+    cd = qs.dtype
     bmm_view = lambda t: t.reshape(X * NC, *t.shape[2:])  # noqa: E731  (views: inputs are contiguous)
 
     b = logf.cumsum(-1)  # [X,NC,L]
@@ -59,8 +64,8 @@ def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
     for c in range(NC):
         m_list.append(torch.maximum(g[:, c] + m_list[-1], amax[:, c]))
     mb = torch.stack(m_list, dim=-1)  # [X,NC+1]
-    decay = torch.exp(g + mb[:, :-1] - mb[:, 1:])  # [X,NC], <= 1
-    E = torch.exp(a - mb[:, 1:, None])  # [X,NC,L], <= 1
+    decay = torch.exp(g + mb[:, :-1] - mb[:, 1:]).to(cd)  # [X,NC], <= 1
+    E = torch.exp(a - mb[:, 1:, None]).to(cd)  # [X,NC,L], <= 1
     kw = k * E[..., None]
     C_loc = torch.bmm(bmm_view(kw).transpose(-1, -2), bmm_view(v_aug)).view(X, NC, Dqk, Dv1)
 
@@ -82,9 +87,9 @@ def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
     w = i - b
     m_inter = b + mb[:, :-1, None]
     m_t = torch.maximum(m_inter, b + w.cummax(-1).values)
-    inter = torch.exp(m_inter - m_t)  # [X,NC,L], weight of the carried state in row t
+    inter = torch.exp(m_inter - m_t).to(cd)  # [X,NC,L], weight of the carried state in row t
     causal = torch.ones(L, L, dtype=torch.bool, device=qs.device).tril()
-    D = (b - m_t)[..., :, None] + w[..., None, :]
+    D = ((b - m_t)[..., :, None] + w[..., None, :]).to(cd)
     QK = torch.bmm(bmm_view(qs), bmm_view(k).transpose(-1, -2))
     if ip:
         D = D.masked_fill_(~causal, float("-inf")).exp_()
@@ -94,7 +99,7 @@ def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
         Smat = QK * bmm_view(D)
     qsi = qs * inter[..., None]
     num = torch.baddbmm(torch.bmm(Smat, bmm_view(v_aug)), bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv1)
-    norm = torch.maximum(num[..., -1].abs(), torch.exp(-m_t)) + eps
+    norm = torch.maximum(num[..., -1].abs(), torch.exp(-m_t).to(cd)) + eps
     h = num[..., :-1] / norm[..., None]
     saved = None
     if keep_for_backward:
@@ -150,8 +155,9 @@ def _prepare(q, k, v, i, f, C0, n0, L):
     scale = q.shape[-1] ** -0.5
     v_aug = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     C0aug = torch.cat([C0, n0[..., None]], dim=-1)
-    return (_split(q * scale, L), _split(k, L), _split(v_aug, L), _split(i, L, _NEG),
-            _split(F.logsigmoid(f), L), C0aug.flatten(0, 1))
+    gd = torch.float64  # gate path, see _forward
+    return (_split(q * scale, L), _split(k, L), _split(v_aug, L), _split(i.to(gd), L, _NEG),
+            _split(F.logsigmoid(f.to(gd)), L), C0aug.flatten(0, 1))
 
 
 class _MLSTMChunkStopgrad(torch.autograd.Function):
@@ -161,8 +167,9 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
     def forward(ctx, q, k, v, i, f, C0, n0, m0, L, eps):
         B, H, S, _ = q.shape
         qs, kc, va, ic, logf, C0aug = _prepare(q, k, v, i, f, C0, n0, L)
-        h, Caug, m, saved = _forward(qs, kc, va, ic, logf, C0aug, m0.flatten(), eps, keep_for_backward=True)
-        C, n, m = Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m.view(B, H)
+        m0 = m0.flatten().to(torch.float64)
+        h, Caug, m, saved = _forward(qs, kc, va, ic, logf, C0aug, m0, eps, keep_for_backward=True)
+        C, n, m = Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m.view(B, H).to(q.dtype)
         ctx.save_for_backward(qs, kc, va, Caug, f, C0aug, *saved.values())
         ctx.saved_keys = tuple(saved.keys())
         ctx.B, ctx.S = B, S
@@ -186,10 +193,10 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
         dqs, dk, dva, dC0aug = _backward(qs, kc, va, saved, _split(dh, L), dCaug)
         # Gate gradients from the stopgrad identity (module docstring); [X, NC*L].
         kdk = (kc * dk).sum(-1).flatten(1)
-        x = (qs * dqs).sum(-1).flatten(1) - kdk
+        x = ((qs * dqs).sum(-1).flatten(1) - kdk).to(torch.float64)  # O(S) scan: keep it exact
         dlogf = x.flip(-1).cumsum(-1).flip(-1) + (Caug * dCaug).sum((-2, -1))[:, None]
         di = kdk[:, :S].reshape(B, H, S)
-        df = dlogf[:, :S].reshape(B, H, S) * torch.sigmoid(-f)
+        df = (dlogf[:, :S].reshape(B, H, S) * torch.sigmoid(-f.to(torch.float64))).to(qs.dtype)
         dq = _merge(dqs, B, S) * qs.shape[-1] ** -0.5
         dm0 = (dC0aug * C0aug).sum((-2, -1)).view(B, H)  # m0 only rescales the carried (C0, n0)
         dC0 = dC0aug[..., :-1].reshape(B, H, Dqk, Dv)
@@ -200,8 +207,9 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
 def _chunk_exact(q, k, v, i, f, C0, n0, m0, L, eps):
     B, H, S, _ = q.shape
     qs, kc, va, ic, logf, C0aug = _prepare(q, k, v, i, f, C0, n0, L)
-    h, Caug, m, _ = _forward(qs, kc, va, ic, logf, C0aug, m0.flatten(), eps, keep_for_backward=False)
-    return _merge(h, B, S), Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m.view(B, H)
+    h, Caug, m, _ = _forward(qs, kc, va, ic, logf, C0aug, m0.flatten().to(torch.float64), eps, keep_for_backward=False)
+    m = m.view(B, H).to(q.dtype)
+    return _merge(h, B, S), Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m
 
 
 def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, grad="stopgrad"):
