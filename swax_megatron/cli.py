@@ -2,14 +2,19 @@
 
     swax recipe resolve FILE [a.b=c ...] [--get run_dir|hash|name|world_size]
     swax recipe sweep FILE [a.b=c ...] (--count | --list | --index I)
+    swax slurm options FILE [a.b=c ...] [--sweep] [--no-check]
+    swax slurm submit FILE [a.b=c ...] [--dry-run] [--no-check] [--script PATH]
+    swax slurm job-env FILE [a.b=c ...] [--sweep-index I]      (for slurm/pretrain.sh)
+    swax sweep submit FILE [a.b=c ...] [--parallel K] [--dry-run] [--no-check] [--script PATH]
 
-A user error (a recipe typo, a bad override, a sweep index out of range) prints one line on
-stderr and exits with status 2; nothing is written.
+A user error (a recipe typo, a bad override, a sweep index out of range, a recipe that does not
+fit the cluster) prints one line on stderr and exits with status 2; nothing is written or submitted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -57,6 +62,87 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _launch_errors(fn):
+    """Launch commands report LaunchError (and unreadable files) like recipe errors."""
+    def wrapped(args) -> int:
+        from .launch import LaunchError
+
+        try:
+            return fn(args)
+        except (LaunchError, OSError) as e:
+            print(f"swax: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    return wrapped
+
+
+def _print_notes(plan) -> None:
+    for note in plan.notes:
+        print(f"swax: note: {note}", file=sys.stderr)
+
+
+@_launch_errors
+def _cmd_slurm_options(args) -> int:
+    import shlex
+
+    from .launch import plan_job, plan_sweep
+
+    if args.sweep:
+        plan = plan_sweep(args.recipe, args.overrides, check=not args.no_check, script="-")
+    else:
+        plan = plan_job(args.recipe, args.overrides, check=not args.no_check, script="-")
+    os.makedirs(plan.log_dir, exist_ok=True)  # the --output folder must exist before sbatch
+    _print_notes(plan)
+    print(" ".join(shlex.quote(o) for o in plan.options))
+    return 0
+
+
+def _submit(plan, dry_run: bool) -> int:
+    import shlex
+
+    from .launch import submit
+
+    _print_notes(plan)
+    if dry_run:
+        print(" ".join(shlex.quote(c) for c in plan.command))
+        return 0
+    job = submit(plan)
+    print(job)
+    print(f"swax: submitted job {job}; logs in {plan.log_dir}", file=sys.stderr)
+    return 0
+
+
+@_launch_errors
+def _cmd_slurm_submit(args) -> int:
+    from .launch import plan_job
+
+    plan = plan_job(args.recipe, args.overrides, check=not args.no_check, script=args.script)
+    return _submit(plan, args.dry_run)
+
+
+@_launch_errors
+def _cmd_slurm_job_env(args) -> int:
+    from .launch import job_env
+
+    sys.stdout.write(job_env(args.recipe, args.overrides, args.sweep_index))
+    return 0
+
+
+@_launch_errors
+def _cmd_sweep_submit(args) -> int:
+    from .launch import plan_sweep
+
+    plan = plan_sweep(args.recipe, args.overrides, parallel=args.parallel,
+                      check=not args.no_check, script=args.script)
+    n = len(plan.entries)
+    if plan.done:
+        print(f"swax: {len(plan.done)} of {n} entries already done (skipped): "
+              f"{', '.join(str(i) for i in plan.done)}", file=sys.stderr)
+    if plan.array is None:
+        print(f"swax: all {n} entries are done; nothing to submit", file=sys.stderr)
+        return 0
+    return _submit(plan, args.dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="swax", description="SWAX ablation framework on Megatron-core")
     sub = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
@@ -80,6 +166,42 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--get", choices=["run_dir", "hash", "name", "world_size"],
                     help="with --index: print only this value")
     sw.set_defaults(func=_cmd_sweep)
+
+    slurm = sub.add_parser("slurm", help="sbatch options from a recipe, checked against the cluster")
+    ssub = slurm.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    opt = ssub.add_parser("options", help="print the sbatch options of the recipe's slurm section")
+    opt.add_argument("recipe")
+    opt.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    opt.add_argument("--sweep", action="store_true", help="options of the sweep's array job")
+    opt.add_argument("--no-check", action="store_true",
+                     help="do not ask the cluster (sinfo); GPUs are then always requested")
+    opt.set_defaults(func=_cmd_slurm_options)
+
+    sb = ssub.add_parser("submit", help="check the recipe against the cluster and sbatch it")
+    sb.add_argument("recipe")
+    sb.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sb.add_argument("--dry-run", action="store_true", help="print the sbatch command only")
+    sb.add_argument("--no-check", action="store_true", help="do not ask the cluster (sinfo)")
+    sb.add_argument("--script", help="batch script (default: slurm/pretrain.sh)")
+    sb.set_defaults(func=_cmd_slurm_submit)
+
+    je = ssub.add_parser("job-env", help="shell variables slurm/pretrain.sh evaluates")
+    je.add_argument("recipe")
+    je.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    je.add_argument("--sweep-index", type=int, help="entry I of the recipe's sweep")
+    je.set_defaults(func=_cmd_slurm_job_env)
+
+    sweep = sub.add_parser("sweep", help="run a recipe's sweep as a SLURM array job")
+    wsub = sweep.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ws = wsub.add_parser("submit", help="validate every entry, then sbatch --array=0-(N-1)%%K")
+    ws.add_argument("recipe")
+    ws.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ws.add_argument("--parallel", type=int, metavar="K",
+                    help="at most K entries at once (default: slurm.array_parallelism, else all)")
+    ws.add_argument("--dry-run", action="store_true", help="print the sbatch command only")
+    ws.add_argument("--no-check", action="store_true", help="do not ask the cluster (sinfo)")
+    ws.add_argument("--script", help="batch script (default: slurm/sweep.sh)")
+    ws.set_defaults(func=_cmd_sweep_submit)
     return parser
 
 

@@ -1,0 +1,226 @@
+"""From a recipe's `slurm:` section to sbatch options, checked against the cluster, and submission.
+
+    plan = plan_job("recipes/tiny/swax.yaml", ["train.steps=50"])      # resolves + checks
+    plan.command        # ["sbatch", "--parsable", "--job-name=tiny-swax", ..., "slurm/pretrain.sh", ...]
+    job_id = submit(plan)
+
+    plan = plan_sweep("recipes/tiny/window_sweep.yaml", [], parallel=2)   # every entry validated
+    plan.array          # "0-2%2" (entries whose run directory is done are left out)
+
+Launch layouts (slurm.launcher):
+    srun      one task per GPU: --ntasks-per-node=G --cpus-per-task=C, srun starts the ranks
+    torchrun  one task per node: --ntasks-per-node=1 --cpus-per-task=G*C, torchrun starts G ranks
+GPUs are requested (--gpus-per-node=G) when the partition's nodes have GPUs; on a CPU-only
+partition G is the number of processes per node.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..config.errors import did_you_mean
+from ..config.resolve import Resolved, resolve, resolve_sweep
+from ..config.schema import SlurmConfig
+from .errors import LaunchError
+from .partitions import Partition, minutes, query_partitions
+
+DONE_MARKER = "DONE"
+SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"
+LOG_FOLDER = "slurm-logs"  # under run.output_root
+
+
+def default_script(name: str) -> str:
+    path = SLURM_DIR / name
+    if not path.is_file():
+        raise LaunchError(f"{path} not found (the package is installed without its repository): "
+                          f"pass --script PATH")
+    return str(path)
+
+
+def is_done(run_dir: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, DONE_MARKER))
+
+
+def tasks_per_node(s: SlurmConfig) -> int:
+    return s.gpus_per_node if s.launcher == "srun" else 1
+
+
+def cpus_per_task(s: SlurmConfig) -> int:
+    return s.cpus_per_task if s.launcher == "srun" else s.cpus_per_task * s.gpus_per_node
+
+
+def pick_partition(s: SlurmConfig, partitions: Dict[str, Partition]) -> Partition:
+    if s.partition is None:
+        default = [p for p in partitions.values() if p.default]
+        if not default:
+            raise LaunchError("slurm.partition is not set and the cluster has no default "
+                              f"partition (partitions: {', '.join(sorted(partitions))})")
+        return default[0]
+    if s.partition not in partitions:
+        raise LaunchError(f"slurm.partition: partition `{s.partition}` does not exist on this "
+                          f"cluster{did_you_mean(s.partition, partitions)} "
+                          f"(partitions: {', '.join(sorted(partitions))})")
+    return partitions[s.partition]
+
+
+def check_fits(s: SlurmConfig, p: Partition) -> None:
+    """The errors SLURM would not give: requests it accepts and then pends on forever."""
+    if s.nodes > p.nodes:
+        raise LaunchError(f"slurm.nodes={s.nodes}, but partition `{p.name}` has {p.nodes} "
+                          f"node{'s' if p.nodes != 1 else ''}")
+    if p.gpus_per_node and s.gpus_per_node > p.gpus_per_node:
+        raise LaunchError(f"slurm.gpus_per_node={s.gpus_per_node}, but the nodes of partition "
+                          f"`{p.name}` have at most {p.gpus_per_node} GPUs")
+    cpus = tasks_per_node(s) * cpus_per_task(s)
+    if cpus > p.cpus_per_node:
+        raise LaunchError(f"slurm.gpus_per_node x slurm.cpus_per_task = {s.gpus_per_node} x "
+                          f"{s.cpus_per_task} = {cpus} CPUs per node, but the nodes of partition "
+                          f"`{p.name}` have at most {p.cpus_per_node}")
+    want = minutes(s.time)
+    if p.max_minutes is not None and (want is None or want > p.max_minutes):
+        raise LaunchError(f"slurm.time={s.time} exceeds the time limit of partition `{p.name}` "
+                          f"({p.max_minutes:g} minutes)")
+
+
+def sbatch_options(s: SlurmConfig, job_name: str, output: str, gpus: bool) -> List[str]:
+    """sbatch options for one job of shape `s`; `output` is the log file pattern."""
+    try:
+        minutes(s.time)
+    except ValueError as e:
+        raise LaunchError(f"slurm.time: {e}") from None
+    opts = [f"--job-name={s.job_name or job_name}", f"--nodes={s.nodes}",
+            f"--ntasks-per-node={tasks_per_node(s)}", f"--cpus-per-task={cpus_per_task(s)}"]
+    if gpus:
+        opts.append(f"--gpus-per-node={s.gpus_per_node}")
+    opts.append(f"--time={s.time}")
+    if s.partition:
+        opts.append(f"--partition={s.partition}")
+    if s.account:
+        opts.append(f"--account={s.account}")
+    if s.signal_seconds > 0:
+        # B: the batch shell gets it; slurm/pretrain.sh forwards it to the ranks, so a launcher
+        # in between (torchrun) cannot swallow it.
+        opts.append(f"--signal=B:USR1@{s.signal_seconds}")
+    opts += ["--requeue", "--open-mode=append", f"--output={output}"]
+    opts += list(s.extra_args)
+    return opts
+
+
+@dataclass
+class Plan:
+    """One sbatch call: the options, the script and its arguments."""
+
+    options: List[str]
+    script: str
+    args: List[str]
+    log_dir: str
+    partition: Optional[Partition] = None
+    notes: List[str] = field(default_factory=list)  # for the user (stderr)
+    array: Optional[str] = None  # sweeps: the --array value, None when nothing is left to run
+    entries: List[Resolved] = field(default_factory=list)
+    done: List[int] = field(default_factory=list)  # sweep entries already done
+
+    @property
+    def command(self) -> List[str]:
+        array = [f"--array={self.array}"] if self.array else []
+        return ["sbatch", "--parsable", *array, *self.options, self.script, *self.args]
+
+
+def _cluster(s: SlurmConfig, check: bool, notes: List[str]):
+    """(partition or None, request GPUs?) for shape `s`."""
+    if not check:
+        return None, True
+    p = pick_partition(s, query_partitions())
+    check_fits(s, p)
+    if not p.available:
+        notes.append(f"partition `{p.name}` is not up: the job will wait until it is")
+    if not p.gpus_per_node:
+        notes.append(f"partition `{p.name}` has no GPUs: {s.gpus_per_node} processes per node "
+                     f"on CPUs")
+    return p, bool(p.gpus_per_node)
+
+
+def _log_dir(r: Resolved) -> str:
+    return os.path.abspath(os.path.join(r.recipe.run.output_root, LOG_FOLDER))
+
+
+def plan_job(recipe: str, overrides: Sequence[str] = (), *, check: bool = True,
+             script: Optional[str] = None) -> Plan:
+    r = resolve(recipe, overrides)
+    notes: List[str] = []
+    partition, gpus = _cluster(r.recipe.slurm, check, notes)
+    log_dir = _log_dir(r)
+    opts = sbatch_options(r.recipe.slurm, r.recipe.run.name, os.path.join(log_dir, "%x_%j.out"), gpus)
+    return Plan(opts, script or default_script("pretrain.sh"), [os.path.abspath(recipe), *overrides],
+                log_dir, partition, notes, entries=[r])
+
+
+def array_spec(indices: Sequence[int], parallel: Optional[int]) -> str:
+    """`0-2,5,7-9%K` for the given indices."""
+    runs, start, prev = [], None, None
+    for i in sorted(indices):
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            runs.append((start, prev))
+            start = prev = i
+    if start is not None:
+        runs.append((start, prev))
+    text = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return f"{text}%{parallel}" if parallel else text
+
+
+def _slurm_differences(entries: List[Resolved]) -> List[str]:
+    first = entries[0].recipe.slurm
+    return sorted({f"slurm.{k}" for r in entries[1:] for k, v in vars(r.recipe.slurm).items()
+                   if getattr(first, k) != v})
+
+
+def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional[int] = None,
+               check: bool = True, script: Optional[str] = None) -> Plan:
+    """An array job over the sweep's entries, every entry resolved and validated first."""
+    entries = resolve_sweep(recipe, overrides)
+    if entries[0].sweep_entry is None or entries[0].sweep_count == 0:
+        raise LaunchError(f"{recipe}: recipe has no sweep block: submit it with `swax slurm submit`")
+    diff = _slurm_differences(entries)
+    if diff:
+        raise LaunchError(f"sweep entries differ in {', '.join(diff)}: an array job has one shape, "
+                          f"so sweep these in separate recipes")
+    s = entries[0].recipe.slurm
+    k = parallel if parallel is not None else s.array_parallelism
+    if k is not None and k < 1:
+        raise LaunchError(f"--parallel must be at least 1, got {k}")
+    notes: List[str] = []
+    partition, gpus = _cluster(s, check, notes)
+    log_dir = _log_dir(entries[0])
+    base_name = resolve(recipe, overrides).recipe.run.name
+    opts = sbatch_options(s, base_name, os.path.join(log_dir, "%x_%A_%a.out"), gpus)
+    done = [i for i, r in enumerate(entries) if is_done(r.run_dir)]
+    todo = [i for i in range(len(entries)) if i not in done]
+    if k is not None and todo:
+        k = min(k, len(todo))
+    plan = Plan(opts, script or default_script("sweep.sh"), [os.path.abspath(recipe), *overrides],
+                log_dir, partition, notes, array=array_spec(todo, k) if todo else None,
+                entries=entries, done=done)
+    return plan
+
+
+def submit(plan: Plan) -> str:
+    """Run sbatch; returns the job id."""
+    os.makedirs(plan.log_dir, exist_ok=True)  # SLURM does not create the log folder
+    try:
+        p = subprocess.run(plan.command, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise LaunchError("`sbatch` not found: run this on a SLURM login node") from None
+    except subprocess.TimeoutExpired:
+        raise LaunchError("`sbatch` did not answer within 120 s: is slurmctld up?") from None
+    if p.returncode != 0:
+        msg = " ".join(p.stderr.split()) or f"exit code {p.returncode}"
+        raise LaunchError(f"sbatch refused the job: {msg}")
+    return p.stdout.strip().split(";")[0]
