@@ -3,8 +3,14 @@
 Megatron's local DotProductAttention materialises S x S scores and, when a window is configured,
 replaces the caller's mask with its own; its window is fixed at construction. These classes keep
 its constructor and forward signature (they slot into `SelfAttentionSubmodules.core_attention`),
-take q/k/v as [s, b, heads, d] and call `ops.swa.sliding_window_attention`, whose window is an
-argument: the step's window is set with `set_window` (SwaxModel.set_swa_window walks the layers).
+take q/k/v as [s, b, heads, d] and call a kernel whose window is an argument: the step's window
+is set with `set_window` (SwaxModel.set_swa_window walks the layers).
+
+Kernels (`model.attention_backend`, resolved by `resolve_attention_backend`):
+  torch  ops.swa.sliding_window_attention (chunked O(S x window) / SDPA), CPU and GPU
+  flex   ops.swa.flex (FlexAttention with a cached block mask), GPUs without Transformer Engine
+  te     Transformer Engine's fused attention (te_attention.py), through the TE layer spec
+  auto   te on CUDA when transformer_engine imports, else flex on CUDA, else torch
 """
 
 from __future__ import annotations
@@ -17,8 +23,41 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
 
+import torch
+
+from ..ops.swa import flex as swa_flex
 from ..ops.swa import sliding_window_attention
 from .config import SwaxConfig
+
+ATTENTION_BACKENDS = ("auto", "te", "flex", "torch")
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_attention_backend(name: str, *, cuda: Optional[bool] = None,
+                              te: Optional[bool] = None) -> str:
+    """The concrete kernel ("te", "flex" or "torch") for `model.attention_backend`."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if name == "auto":
+        if cuda and (have_transformer_engine() if te is None else te):
+            return "te"
+        return "flex" if cuda and swa_flex.HAVE_FLEX else "torch"
+    if name == "te" and not (have_transformer_engine() if te is None else te):
+        raise ImportError("attention_backend 'te' needs Transformer Engine "
+                          "(pip install transformer-engine[pytorch]), which does not import here; "
+                          "use attention_backend: flex or torch")
+    if name == "flex" and not swa_flex.HAVE_FLEX:
+        raise ImportError("attention_backend 'flex' needs torch >= 2.5 (FlexAttention)")
+    return name
 
 
 def check_window(window) -> Optional[int]:
@@ -57,10 +96,15 @@ class SwaxCoreAttention(MegatronModule):
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout:
             raise ValueError("SWAX core attention does not support attention dropout")
-        if config.swa_backend not in ("auto", "torch"):
-            raise NotImplementedError(
-                f"attention backend {config.swa_backend!r} is not available yet: SWAX core attention "
-                f"runs swax_megatron.ops.swa (torch); set model.attention_backend to auto or torch")
+        backend = resolve_attention_backend(config.swa_backend)
+        if backend == "te":
+            if config.swa_backend == "te":
+                raise ValueError("attention_backend 'te' runs through the TE layer spec "
+                                 "(get_swax_block_spec('te')), not this local core attention")
+            # auto on a TE machine with the local spec: the best non-TE kernel.
+            backend = "flex" if torch.cuda.is_available() and swa_flex.HAVE_FLEX else "torch"
+        self.kernel = (swa_flex.flex_sliding_window_attention if backend == "flex"
+                       else sliding_window_attention)
         if pg_collection is None:
             pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
         self.layer_number = layer_number
@@ -86,7 +130,7 @@ class SwaxCoreAttention(MegatronModule):
             raise ValueError("SWAX core attention supports neither attention_bias nor packed sequences")
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        out = sliding_window_attention(q, k, v, self.window, softmax_scale=self.softmax_scale)
+        out = self.kernel(q, k, v, self.window, softmax_scale=self.softmax_scale)
         s, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
 import torch
+from megatron.core.fp8_utils import get_fp8_context
 from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.identity_op import IdentityOp
@@ -72,9 +73,12 @@ class SwaxBlock(MegatronModule):
     def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None):
         if not self.pre_process:
             hidden_states = self.input_tensor
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=attention_mask,
-                                  rotary_pos_emb=rotary_pos_emb)
+        # FP8 (recipe model.fp8): one TE fp8_autocast around the stage, as megatron's
+        # TransformerBlock does for the delayed-scaling recipe; a null context otherwise.
+        with get_fp8_context(self.config):
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, attention_mask=attention_mask,
+                                      rotary_pos_emb=rotary_pos_emb)
         if self.post_process:
             hidden_states = self.final_norm(hidden_states)
         # The tensor handed to the next stage must not be a view (see megatron TransformerBlock).

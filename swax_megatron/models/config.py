@@ -158,6 +158,13 @@ class SwaxConfig(TransformerConfig):
                                       f"{self.mlstm_gate_soft_cap}")
         if not isinstance(self.swa_window, int) or self.swa_window < 1:
             raise SwaxConfigError(f"swa_window must be a positive int, got {self.swa_window!r}")
+        if self.fp8:
+            try:
+                import transformer_engine.pytorch  # noqa: F401
+            except ImportError:
+                raise SwaxConfigError(f"fp8={self.fp8!r} needs Transformer Engine on a GPU "
+                                      f"(pip install transformer-engine[pytorch]); set model.fp8: "
+                                      f"null") from None
         if self.attention_dropout:
             raise SwaxConfigError("attention_dropout > 0 is not supported by the SWAX core "
                                   "attention kernels; set it to 0")

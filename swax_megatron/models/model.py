@@ -20,7 +20,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from .attention import SwaxCoreAttention, check_window
+from .attention import SwaxCoreAttention, check_window, resolve_attention_backend
 from .block import _seeded, component_seeds
 from .config import SwaxConfig, SwaxConfigError, swax_config_from_recipe
 from .mlstm_layer import soft_cap
@@ -154,14 +154,9 @@ def swax_model_from_recipe(recipe, vocab_size: Optional[int] = None, *, backend:
     pre_process / post_process default to this rank's pipeline position."""
     config = swax_config_from_recipe(recipe, vocab_size, **config_overrides)
     if backend == "auto":
-        backend = "local"
-        if torch.cuda.is_available():
-            try:
-                import transformer_engine  # noqa: F401
-
-                backend = "te"
-            except ImportError:
-                pass
+        # The TE spec where TE's kernels will run; otherwise the local one (whose attention then
+        # uses FlexAttention on CUDA or ops.swa on CPU, per model.attention_backend).
+        backend = "te" if resolve_attention_backend(config.swa_backend) == "te" else "local"
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:

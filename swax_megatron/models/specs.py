@@ -1,7 +1,7 @@
 """Layer specs: which classes fill each submodule, for the local (pure megatron-core + torch) and
-the Transformer Engine backends. The two differ only in the norm and parallel-linear classes;
-the core attention slot takes SWAX's own windowed classes in both for now (a TE attention with a
-per-call window is a later addition: pass `core_attention_cls`).
+the Transformer Engine backends. The two differ only in which classes fill the slots: torch norms,
+megatron's parallel linears and SWAX's windowed core attention (ops.swa / FlexAttention) locally;
+TE norms, TE linears and TE's fused attention with a per-call window (te_attention.py) with TE.
 
     spec = get_swax_block_spec("local")          # ModuleSpec(SwaxBlock, ...)
     layer = get_swax_layer_spec("X", "local")    # ModuleSpec(SwaxLayer, ...)
@@ -51,6 +51,7 @@ class _Classes:
     def __init__(self, backend: str):
         if backend == "local":
             self.norm, self.column, self.row = LocalNorm, ColumnParallelLinear, RowParallelLinear
+            self.sliding_core, self.global_core = SlidingWindowCoreAttention, GlobalCoreAttention
         elif backend == "te":
             try:
                 import transformer_engine  # noqa: F401
@@ -64,7 +65,10 @@ class _Classes:
                     f"get_swax_layer_spec(backend='te') needs the transformer_engine package "
                     f"(pip install transformer-engine[pytorch]), which does not import here ({e}); "
                     f"use backend='local'") from None
+            from .te_attention import TEGlobalCoreAttention, TESlidingWindowCoreAttention
+
             self.norm, self.column, self.row = TENorm, TEColumnParallelLinear, TERowParallelLinear
+            self.sliding_core, self.global_core = TESlidingWindowCoreAttention, TEGlobalCoreAttention
         else:
             raise ValueError(f"unknown SWAX spec backend {backend!r}; choose one of {BACKENDS}")
 
@@ -90,9 +94,9 @@ def get_swax_layer_spec(symbol: str, backend: str = "local",
     megatron's DotProductAttention plus set_window)."""
     c = _Classes(backend)
     if symbol == "S":
-        mixer = _attention_spec(c, core_attention_cls or SlidingWindowCoreAttention)
+        mixer = _attention_spec(c, core_attention_cls or c.sliding_core)
     elif symbol == "G":
-        mixer = _attention_spec(c, core_attention_cls or GlobalCoreAttention)
+        mixer = _attention_spec(c, core_attention_cls or c.global_core)
     elif symbol == "X":
         mixer = _mlstm_spec(c)
     else:

@@ -30,11 +30,6 @@ def _api(rank):
     except ValueError as e:
         res["mask_error"] = str(e)
 
-    try:
-        build(tiny_config("SX", swa_backend="flex"))
-    except NotImplementedError as e:
-        res["backend_error"] = str(e)
-
     # bf16 parameters (the GPU default): the forward runs, the mLSTM state stays fp32
     bf16 = build(tiny_config("XSG", params_dtype=torch.bfloat16, bf16=True))
     with torch.no_grad():
@@ -77,10 +72,6 @@ def test_mlstm_mixer_state_passing(api):
     torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     for a, b in zip(state_pieces, state_full):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_unavailable_attention_backend_fails_at_build(api):
-    assert "attention backend 'flex' is not available yet" in api["backend_error"]
 
 
 def test_bf16_forward(api):
