@@ -59,6 +59,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     attention_backend: Literal["auto", "te", "flex", "torch"] = "auto"
     fp8: Optional[Literal["hybrid", "e4m3"]] = None  # Transformer Engine FP8 (GPU with TE only)
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"  # TE scaling
 
 
 @dataclass

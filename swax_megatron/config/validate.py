@@ -101,6 +101,11 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     c.require(m.output_logit_soft_cap is None or m.output_logit_soft_cap > 0,
               "model.output_logit_soft_cap", "must be > 0 or null")
     c.require(m.rope_base > 0, "model.rope_base", "must be > 0")
+    c.require(m.fp8 is None or t.precision in ("bf16", "auto"), "model.fp8",
+              f"FP8 trains on top of bf16: set train.precision to bf16 (it is {t.precision})")
+    c.require(m.fp8 is None or m.attention_backend in ("auto", "te"), "model.fp8",
+              f"FP8 runs through Transformer Engine: attention_backend must be auto or te "
+              f"(it is {m.attention_backend})")
 
     # Windows.
     ws = t.window_schedule

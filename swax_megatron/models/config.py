@@ -235,7 +235,7 @@ def swax_config_from_recipe(recipe, vocab_size: Optional[int] = None, **override
         batch_p2p_comm=not on_cpu,
     )
     if m.fp8 is not None:
-        kwargs.update(fp8=m.fp8)
+        kwargs.update(fp8=m.fp8, fp8_recipe=m.fp8_recipe)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(SwaxConfig)}
     if unknown:
         raise SwaxConfigError(f"unknown SwaxConfig field(s): {sorted(unknown)}")
