@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import loader
 from .errors import RecipeError
-from .schema import HASH_EXCLUDED, Recipe
+from .schema import HASH_EXCLUDED, Recipe, default_ffn_hidden_size
 from .sweep import SweepEntry, expand_sweep
 from .validate import validate
 from .yaml_io import dump_yaml
@@ -63,11 +63,6 @@ def fill_derived(recipe: Recipe) -> None:
         m.num_query_groups = m.num_attention_heads
     if m.ffn_hidden_size is None:
         m.ffn_hidden_size = default_ffn_hidden_size(m.hidden_size)
-
-
-def default_ffn_hidden_size(hidden_size: int) -> int:
-    """SwiGLU width of the xLSTM-7B block: 2.667 x hidden, rounded up to a multiple of 64."""
-    return -(-int(round(2.667 * hidden_size)) // 64) * 64
 
 
 def config_hash(recipe: Recipe) -> str:

@@ -37,6 +37,11 @@ class MLSTMConfig:
     kernel: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, torch on CPU
 
 
+def default_ffn_hidden_size(hidden_size: int) -> int:
+    """SwiGLU width of the xLSTM-7B block: 2.667 x hidden, rounded up to a multiple of 64."""
+    return -(-int(round(2.667 * hidden_size)) // 64) * 64
+
+
 @dataclass
 class ModelConfig:
     vocab_size: Optional[int] = None  # None: the tokenizer's vocabulary size

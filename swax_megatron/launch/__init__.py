@@ -3,9 +3,9 @@ the cluster before anything is submitted, array jobs for sweeps, and the environ
 slurm/pretrain.sh reads. The shell side (traps, srun/torchrun, requeue) is in slurm/."""
 
 from .errors import LaunchError
-from .jobenv import entry_overrides, job_env
+from .jobenv import job_env
 from .partitions import Partition, query_partitions
 from .sbatch import DONE_MARKER, Plan, is_done, plan_job, plan_sweep, sbatch_options, submit
 
-__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "entry_overrides", "is_done",
+__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "is_done",
            "job_env", "plan_job", "plan_sweep", "query_partitions", "sbatch_options", "submit"]

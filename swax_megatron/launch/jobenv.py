@@ -4,42 +4,23 @@ One Python call resolves and validates the recipe (a typo fails here, before any
 and answers everything the script asks: run directory, world size and its layout, launcher, site
 profile, the trainer's requeue exit code and the trainer's arguments.
 
-A sweep entry is handed to the trainer as the base recipe plus explicit overrides (the swept
-values and the entry's run name), checked here to resolve to the very same hash as
-`resolve(recipe, sweep_index=i)`, so the trainer needs no notion of sweeps.
+A sweep entry is trained as `python -m swax_megatron.train RECIPE [overrides] --sweep-index I`,
+so the trainer resolves the same entry (same hash, same run directory) as printed here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..config.resolve import resolve
 from ..training.signals import EXIT_REQUEUE
-from .errors import LaunchError
-
-
-def entry_overrides(recipe: str, overrides: Sequence[str], index: int) -> List[str]:
-    """Overrides that turn the base recipe into sweep entry `index` (same hash, same run dir)."""
-    r = resolve(recipe, overrides, sweep_index=index)
-    # JSON is YAML: strings stay quoted, floats keep their value, lists stay lists.
-    extra = [f"{key}={json.dumps(value)}" for key, value in r.sweep_entry.values]
-    extra.append(f"run.name={json.dumps(r.recipe.run.name)}")
-    again = resolve(recipe, [*overrides, *extra])
-    if again.config_hash != r.config_hash or again.run_dir != r.run_dir:
-        raise LaunchError(f"sweep entry {index} does not resolve to the same run through overrides "
-                          f"({again.run_dir} vs {r.run_dir})")
-    return [*overrides, *extra]
 
 
 def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[int] = None) -> str:
-    if sweep_index is not None:
-        args = entry_overrides(recipe, overrides, sweep_index)
-    else:
-        args = list(overrides)
-    r = resolve(recipe, args)
+    r = resolve(recipe, overrides, sweep_index=sweep_index)
+    args = [*overrides, "--sweep-index", str(sweep_index)] if sweep_index is not None else list(overrides)
     s = r.recipe.slurm
     values = {
         "SWAX_RUN_DIR": os.path.abspath(r.run_dir),

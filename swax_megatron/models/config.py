@@ -17,17 +17,13 @@ import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
 from ..config.pattern import PatternError, expand, split_for_pipeline
+from ..config.schema import default_ffn_hidden_size  # noqa: F401  (re-exported)
 
 VOCAB_MULTIPLE = 128  # vocab padding; a multiple of 128 divides by every power-of-two TP <= 128
 
 
 class SwaxConfigError(ValueError):
     """A SWAX model configuration that cannot be built."""
-
-
-def default_ffn_hidden_size(hidden_size: int) -> int:
-    """SwiGLU width of the xLSTM-7B block: 2.667 x hidden, rounded up to a multiple of 64."""
-    return -(-int(round(2.667 * hidden_size)) // 64) * 64
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:

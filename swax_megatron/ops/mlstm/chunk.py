@@ -92,13 +92,13 @@ def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
     D = ((b - m_t)[..., :, None] + w[..., None, :]).to(cd)
     QK = torch.bmm(bmm_view(qs), bmm_view(k).transpose(-1, -2))
     if ip:
-        D = D.masked_fill_(~causal, float("-inf")).exp_()
+        D = D.exp_().tril_()  # entries above the diagonal may overflow to inf before tril_ zeroes them
         Smat = QK.mul_(bmm_view(D))
     else:
         D = D.masked_fill(~causal, float("-inf")).exp()
         Smat = QK * bmm_view(D)
     qsi = qs * inter[..., None]
-    num = torch.baddbmm(torch.bmm(Smat, bmm_view(v_aug)), bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv1)
+    num = torch.bmm(Smat, bmm_view(v_aug)).baddbmm_(bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv1)
     norm = torch.maximum(num[..., -1].abs(), torch.exp(-m_t).to(cd)) + eps
     h = num[..., :-1] / norm[..., None]
     saved = None

@@ -31,8 +31,8 @@ def _p2(x: int) -> int:
 
 @dataclass(frozen=True)
 class Blocks:
-    """Tiling of one call. L: chunk length actually used; BL: rows per inner block (TFLA second level);
-    BK/BV: head-dim tiles of the state kernels (BK_S, BV_S) and of the parallel kernels (BK, BV)."""
+    """Tiling of one call. L: chunk length actually used; BL: rows per inner block (TFLA's second level);
+    BK_S/BV_S: head-dim tiles of the two sequential state kernels; BK/BV: those of the parallel kernels."""
 
     L: int
     BL: int
@@ -42,25 +42,26 @@ class Blocks:
     BV: int
     warps_state: int
     warps_par: int
+    stages: int
 
 
-def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool,
-                block_l: int | None = None, block_k: int | None = None, block_v: int | None = None) -> Blocks:
-    """Heuristic block sizes (no autotuning, no device query).
+def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool, block_l: int | None = None,
+                block_k: int | None = None, block_v: int | None = None, num_warps: int | None = None,
+                num_stages: int | None = None) -> Blocks:
+    """Heuristic tiling (no autotuning, no device query); the keyword arguments override it.
 
-    The interpreter runs each program instance as numpy code, so there the fewest, largest tiles win;
-    on a GPU the tiles are register-sized: 64-row inner blocks, 64-wide K tiles and up to 128-wide V tiles
-    (a wider V tile means fewer recomputations of q k^T per chunk)."""
-    # A chunk longer than the (power-of-two rounded) sequence only adds padding.
-    L = min(chunk_size, _p2(S))
+    The interpreter runs each program instance as numpy code, so there the fewest, largest tiles win.
+    On a GPU: 64-row inner blocks and 64-wide head-dim tiles with 8 warps. ptxas (sm_90, bf16, the
+    xLSTM-7B heads 256 x 512) reports no register spills for every kernel at that setting, while 4 warps
+    or 128-wide V tiles spill in the backward kernels."""
+    L = min(chunk_size, _p2(S))  # a chunk longer than the (power-of-two rounded) sequence only adds padding
+    BL = min(L, 64)
     if interpret:
-        BL = min(L, 64)
         BK_S = BK = min(_p2(DK), 256)
         BV_S = BV = min(_p2(DV), 512)
     else:
-        BL = min(L, 64)
-        BK_S, BV_S = min(_p2(DK), 64), min(_p2(DV), 64)
-        BK, BV = min(_p2(DK), 64), min(_p2(DV), 128)
+        BK_S = BK = min(_p2(DK), 64)
+        BV_S = BV = min(_p2(DV), 64)
     if block_l is not None:
         BL = min(L, block_l)
     if block_k is not None:
@@ -70,8 +71,9 @@ def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool,
     for name, val in (("block_l", BL), ("block_k", BK), ("block_v", BV)):
         if val < 16 or val & (val - 1):
             raise ValueError(f"mlstm_chunkwise_triton: {name} must be a power of two >= 16, got {val}")
-    warps_par = 8 if BL * max(BK, BV) >= 64 * 128 else 4
-    return Blocks(L, BL, BK_S, BV_S, BK, BV, 4, warps_par)
+    warps = 8 if num_warps is None else num_warps
+    stages = 2 if num_stages is None else num_stages
+    return Blocks(L, BL, BK_S, BV_S, BK, BV, warps, warps, stages)
 
 
 def _dtypes(dtype: torch.dtype, interpret: bool):
@@ -79,7 +81,9 @@ def _dtypes(dtype: torch.dtype, interpret: bool):
     if dtype == torch.float64:
         return tl.float64, tl.float64, tl.float64, "ieee"
     if dtype == torch.float32:
-        return tl.float32, tl.float32, tl.float32, "ieee"
+        # GPU: three-pass TF32 keeps fp32-level accuracy on tensor cores; plain "ieee" fp32 dots fall back to
+        # FMA code that spills kilobytes of registers (ptxas, sm_90). The interpreter computes in fp32 anyway.
+        return tl.float32, tl.float32, tl.float32, "ieee" if interpret else "tf32x3"
     if dtype == torch.bfloat16:
         if interpret:  # the interpreter multiplies bf16 bit patterns (triton#11584): upcast there
             return tl.float32, tl.float32, tl.float32, "ieee"
@@ -101,14 +105,24 @@ def _gate_buffers(i: torch.Tensor, f: torch.Tensor, L: int, NC: int, acc: torch.
     return b, ig.reshape(B * H, NC * L).contiguous()
 
 
+def _torch_dtype(t):
+    return {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16, tl.float32: torch.float32,
+            tl.float64: torch.float64}[t]
+
+
+def _masks(S: int, DK: int, DV: int, L: int, BK: int, BV: int) -> dict:
+    return dict(MASK_S=S % L != 0, MASK_K=DK % BK != 0, MASK_V=DV % BV != 0)
+
+
 def _forward(q, k, v, b, ig, C0, n0, m0, S, NC, blk: Blocks, eps: float):
-    """Returns h [BH,S,DV], CS, NS, MS, DEN, MT (see fwd.py for the layout)."""
+    """Returns h [BH,S,DV], CS, CN, NS, MS, DEN, MT (see fwd.py for the layout)."""
     BH, _, DK = q.shape
     DV = v.shape[-1]
     dev = q.device
     ACC, DT, SDT, PREC = _dtypes(q.dtype, INTERPRET)
     acc_t = b.dtype
-    CS = torch.empty(BH, NC + 1, DK, DV, dtype=acc_t, device=dev)
+    CS = torch.empty(BH, NC, DK, DV, dtype=_torch_dtype(SDT), device=dev)
+    CN = torch.empty(BH, DK, DV, dtype=acc_t, device=dev)
     NS = torch.empty(BH, NC + 1, DK, dtype=acc_t, device=dev)
     MS = torch.empty(BH, NC + 1, dtype=acc_t, device=dev)
     has_init = C0 is not None
@@ -116,9 +130,9 @@ def _forward(q, k, v, b, ig, C0, n0, m0, S, NC, blk: Blocks, eps: float):
         m0 = torch.zeros(BH, dtype=acc_t, device=dev)
     grid = (triton.cdiv(DK, blk.BK_S), triton.cdiv(DV, blk.BV_S), BH)
     _fwd_state_kernel[grid](
-        k, v, b, ig, C0 if has_init else CS, n0 if has_init else NS, m0, CS, NS, MS, S, NC,
-        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S,
-        HAS_INIT=has_init, DT=DT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=2,
+        k, v, b, ig, C0 if has_init else CN, n0 if has_init else NS, m0, CS, CN, NS, MS, S, NC,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S, **_masks(S, DK, DV, blk.L, blk.BK_S, blk.BV_S),
+        HAS_INIT=has_init, DT=DT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=blk.stages,
     )
     h = torch.empty(BH, S, DV, dtype=q.dtype, device=dev)
     DEN = torch.empty(BH, NC * blk.L, dtype=acc_t, device=dev)
@@ -126,10 +140,10 @@ def _forward(q, k, v, b, ig, C0, n0, m0, S, NC, blk: Blocks, eps: float):
     grid = (triton.cdiv(DV, blk.BV), NC * (blk.L // blk.BL), BH)
     _fwd_out_kernel[grid](
         q, k, v, b, ig, CS, NS, MS, h, DEN, MT, S, NC, DK ** -0.5, eps,
-        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV,
-        DT=DT, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_par, num_stages=2,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV, **_masks(S, DK, DV, blk.L, blk.BK, blk.BV),
+        DT=DT, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_par, num_stages=blk.stages,
     )
-    return h, CS, NS, MS, DEN, MT
+    return h, CS, CN, NS, MS, DEN, MT
 
 
 def _backward(q, k, v, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk: Blocks):
@@ -141,14 +155,14 @@ def _backward(q, k, v, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk: Blocks):
     ACC, DT, SDT, PREC = _dtypes(q.dtype, INTERPRET)
     acc_t = b.dtype
     scale = DK ** -0.5
-    DCS = torch.empty(BH, NC, DK, DV, dtype=acc_t, device=dev)
+    DCS = torch.empty(BH, NC, DK, DV, dtype=_torch_dtype(SDT), device=dev)
     dC0 = torch.empty(BH, DK, DV, dtype=acc_t, device=dev)
     has_dcn = dCN is not None
     grid = (triton.cdiv(DK, blk.BK_S), triton.cdiv(DV, blk.BV_S), BH)
     _bwd_state_kernel[grid](
         q, dh, b, DEN, MT, MS, dCN if has_dcn else dC0, DCS, dC0, S, NC, scale,
-        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S,
-        HAS_DCN=has_dcn, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=2,
+        DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK_S, BV=blk.BV_S, **_masks(S, DK, DV, blk.L, blk.BK_S, blk.BV_S),
+        HAS_DCN=has_dcn, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_state, num_stages=blk.stages,
     )
     nblk = NC * (blk.L // blk.BL)
     NK = triton.cdiv(DK, blk.BK)
@@ -156,8 +170,8 @@ def _backward(q, k, v, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk: Blocks):
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     QDQ, KDK, KDKD = (torch.empty(NK, BH, NC * blk.L, dtype=acc_t, device=dev) for _ in range(3))
-    common = dict(DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV, DT=DT, SDT=SDT, ACC=ACC, PREC=PREC,
-                  num_warps=blk.warps_par, num_stages=2)
+    common = dict(DK=DK, DV=DV, L=blk.L, BL=blk.BL, BK=blk.BK, BV=blk.BV, **_masks(S, DK, DV, blk.L, blk.BK, blk.BV),
+                  DT=DT, SDT=SDT, ACC=ACC, PREC=PREC, num_warps=blk.warps_par, num_stages=blk.stages)
     _bwd_dq_kernel[(NK, nblk, BH)](q, k, v, dh, b, ig, CS, MS, DEN, MT, dq, QDQ, S, NC, BH, scale, **common)
     _bwd_dk_kernel[(NK, nblk, BH)](q, k, v, dh, b, ig, DCS, MS, DEN, MT, dk, KDK, KDKD, S, NC, BH, scale,
                                    **common)
@@ -168,11 +182,11 @@ def _backward(q, k, v, dh, b, ig, CS, MS, DEN, MT, dCN, S, NC, blk: Blocks):
 
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps, block_l, block_k, block_v):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps, tiling):
         B, H, S, DK = q.shape
         DV = v.shape[-1]
         BH = B * H
-        blk = pick_blocks(S, DK, DV, chunk_size, INTERPRET, block_l, block_k, block_v)
+        blk = pick_blocks(S, DK, DV, chunk_size, INTERPRET, **tiling)
         NC = triton.cdiv(S, blk.L)
         acc_t = torch.float64 if q.dtype == torch.float64 else torch.float32
         q3, k3, v3 = (t.reshape(BH, S, t.shape[-1]).contiguous() for t in (q, k, v))
@@ -181,8 +195,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             C0 = C0.reshape(BH, DK, DV).to(acc_t).contiguous()
             n0 = n0.reshape(BH, DK).to(acc_t).contiguous()
             m0 = m0.reshape(BH).to(acc_t).contiguous()
-        h, CS, NS, MS, DEN, MT = _forward(q3, k3, v3, b, ig, C0, n0, m0, S, NC, blk, eps)
-        C_N = CS[:, NC].clone()
+        h, CS, C_N, NS, MS, DEN, MT = _forward(q3, k3, v3, b, ig, C0, n0, m0, S, NC, blk, eps)
         n_N = NS[:, NC].clone()
         m_N = MS[:, NC].clone()
         ctx.save_for_backward(q3, k3, v3, f, b, ig, CS, MS, DEN, MT, C_N, n_N, C0, n0)
@@ -239,7 +252,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
             dm0 = dm0.view(B, H)
         return (dq.view(B, H, S, DK), dk.view(B, H, S, DK), dv.view(B, H, S, DV),
                 di.view(B, H, S).to(i_dtype), df.view(B, H, S).to(f_dtype),
-                dC0_out, dn0, dm0, None, None, None, None, None)
+                dC0_out, dn0, dm0, None, None, None)
 
 
 def _check(q, k, v, i, f, chunk_size, initial_state, eps, grad):
@@ -270,7 +283,7 @@ def _check(q, k, v, i, f, chunk_size, initial_state, eps, grad):
 
 
 def mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, grad="stopgrad", *,
-                           block_l=None, block_k=None, block_v=None):
+                           block_l=None, block_k=None, block_v=None, num_warps=None, num_stages=None):
     """Chunkwise mLSTM (Triton forward and stop-gradient backward).
 
     q, k [B, H, S, Dqk]; v [B, H, S, Dv]; i, f gate pre-activations [B, H, S] (input gate exp(i), forget gate
@@ -278,7 +291,8 @@ def mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=64, initial_state=None, eps
     initial_state (C [B,H,Dqk,Dv], n [B,H,Dqk], m [B,H]) or None (zeros, m = 0).
     Returns h [B, H, S, Dv] in q's dtype and the final state (C, n, m) in float32 (float64 for float64 inputs).
     chunk_size: power of two >= 16; chunks above 64 are tiled in blocks of 64 rows (TFLA's second level).
-    block_l / block_k / block_v override the heuristic tiling (tests use them to exercise every path).
+    block_l / block_k / block_v / num_warps / num_stages override the heuristic tiling of `pick_blocks`
+    (tests use them to exercise every path, bench/gpu_check.py to try a few GPU settings).
     Gradients flow to q, k, v, i, f and to the initial C, n and m (m0 rescales the carried state); the
     normaliser and every stabiliser computed inside are constants (stop-gradient convention), so the
     returned final m carries no gradient.
@@ -287,6 +301,6 @@ def mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=64, initial_state=None, eps
     C0 = n0 = m0 = None
     if initial_state is not None:
         C0, n0, m0 = initial_state
-    h, C, n, m = _MLSTMChunkwiseTriton.apply(q, k, v, i, f, C0, n0, m0, chunk_size, float(eps),
-                                             block_l, block_k, block_v)
+    tiling = dict(block_l=block_l, block_k=block_k, block_v=block_v, num_warps=num_warps, num_stages=num_stages)
+    h, C, n, m = _MLSTMChunkwiseTriton.apply(q, k, v, i, f, C0, n0, m0, chunk_size, float(eps), tiling)
     return h, (C, n, m)
