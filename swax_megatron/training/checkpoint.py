@@ -1,0 +1,346 @@
+"""Checkpoints through megatron.core.dist_checkpointing, with an atomic `latest` pointer.
+
+Layout of a checkpoint root (`checkpoint.dir`, default <run dir>/checkpoints):
+
+    iter_0000100/      one dist_checkpointing checkpoint (common.pt, metadata.json, *.distcp)
+    iter_0000200/
+    latest             "iter_0000200": written by rank 0, through a rename, only after every
+                       rank has finished writing iter_0000200; so a kill at any moment leaves
+                       `latest` at a complete checkpoint
+
+What a checkpoint holds: the model (sharded, reshards over TP/PP), the optimizer (the
+distributed optimizer in the `fully_reshardable` format), every rank's RNG states, the train
+state (step, consumed samples, skipped steps), the window and LR schedules, the resolved recipe
+and the parallel layout.
+
+The distributed optimizer on the torch-AdamW path (no TE / Apex) needs four fixes to load
+(research note mcore_cpu.md section 7), all applied here:
+  1. AdamW state is created (a dummy step) before `sharded_state_dict(is_loading=True)`, whose
+     `state_dict()` asserts one common `step` over a non-empty state;
+  2. `_set_main_param_and_optimizer_states` copies the keys the checkpoint has and keeps the
+     current `step` (upstream raises KeyError: 'step');
+  3. `load_state_dict` runs under no_grad (fp32 main params are views of leaf params);
+  4. after loading, every param's `step` is its own tensor: upstream assigns one shared tensor,
+     which foreach-AdamW then increments once per parameter, breaking bias correction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..config.resolve import atomic_write
+
+LATEST = "latest"
+FORMAT_VERSION = 1
+_ITER_RE = re.compile(r"^iter_(\d{7,})$")
+# How the distributed optimizer's state is laid out on disk: gathered into model-parameter shapes,
+# so it reloads at any DP / TP / PP layout (dp_reshardable fails on a TP change and restores an
+# off-by-one `step`; fully_sharded_model_space is unsupported by the torch_dist backend here).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
+                      "chained_optim_avoid_prefix": True}
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete or incompatible checkpoint (one line, naming the path)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken (skipped NaN steps included)
+    consumed_samples: int = 0  # training samples read so far (the data position)
+    skipped_steps: int = 0  # NaN/Inf steps skipped so far
+    consecutive_nonfinite: int = 0  # NaN/Inf steps in a row at the end of the run so far
+
+
+def iter_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def step_of(path: str | os.PathLike) -> Optional[int]:
+    m = _ITER_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def read_latest(root: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint `root/latest` points to, or None when there is no `latest` yet."""
+    root = Path(root)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if step_of(name) is None:
+        raise CheckpointError(f"{pointer}: not a checkpoint pointer (expected 'iter_NNNNNNN', "
+                              f"got {name[:40]!r})")
+    path = root / name
+    check_complete(path, what=f"{pointer} points to")
+    return path
+
+
+def check_complete(path: Path, what: str = "checkpoint") -> None:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: {what} a checkpoint directory that does not exist")
+    missing = [f for f in ("metadata.json", "common.pt") if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
+
+
+def resolve_load_path(path: str | os.PathLike) -> Path:
+    """`checkpoint.load`: a checkpoint root (with `latest`) or one iter_* directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint.load does not exist")
+    if (p / LATEST).is_file():
+        return read_latest(p)
+    if (p / "metadata.json").is_file():
+        check_complete(p)
+        return p
+    raise CheckpointError(f"{p}: checkpoint.load is neither a checkpoint root with a `latest` "
+                          f"file nor a checkpoint directory (no metadata.json)")
+
+
+def list_checkpoints(root: str | os.PathLike) -> List[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(step_of(p), p) for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    return [p for _, p in sorted(found)]
+
+
+# --- RNG ------------------------------------------------------------------------------------------
+
+def rng_state() -> Dict[str, Any]:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    return {"random": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": get_cuda_rng_tracker().get_states()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _layout() -> Dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(),
+            "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(),
+            "world": torch.distributed.get_world_size()}
+
+
+def _rng_sharded_object(state):
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    lay = _layout()
+    return ShardedObject("rng_state", state, (lay["pp"], lay["tp"], lay["dp"]),
+                         (ps.get_pipeline_model_parallel_rank(),
+                          ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()),
+                         replica_id=0)
+
+
+# --- optimizer fixes ------------------------------------------------------------------------------
+
+def _distributed_optimizers(optimizer) -> list:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [o for o in inner if isinstance(o, DistributedOptimizer)]
+
+
+def _set_main_param_keep_step(self, model_param, tensors):
+    # Fix 2: copy what the checkpoint provides; `step` is restored from the param groups.
+    group_index, group_order = self.model_param_group_index_map[model_param]
+    main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+    dst = {"param": main_param, **self.optimizer.state[main_param]}
+    missing = sorted(k for k in dst if k not in tensors and k != "step")
+    if missing:
+        raise CheckpointError(f"optimizer state in the checkpoint lacks {missing}")
+    for key, value in tensors.items():
+        dst[key].copy_(value)
+
+
+@contextlib.contextmanager
+def _keep_step_on_load(dist_optimizers):
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    patch = dist_optimizers and not any(
+        o.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8 for o in dist_optimizers)
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if patch:
+        DistributedOptimizer._set_main_param_and_optimizer_states = _set_main_param_keep_step
+    try:
+        yield
+    finally:
+        DistributedOptimizer._set_main_param_and_optimizer_states = original
+
+
+def _unshare_step_tensors(optimizer) -> None:
+    # Fix 4: one `step` tensor per parameter (see module docstring).
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for state in torch_opt.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
+# --- save / load ----------------------------------------------------------------------------------
+
+def _in_process_results_queue() -> None:
+    """Saves here are synchronous: the writer runs in this process and hands its results over
+    in-process. megatron's default queue lives in a *spawned* Manager process, started on the
+    first save: about 8 s per job on CPU, and impossible inside daemonic processes."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def optimizer_has_state(optimizer) -> bool:
+    """False until the first optimizer update: AdamW holds no state yet and there is nothing a
+    checkpoint could add to the seeded initialisation (a restart rebuilds it exactly)."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    flags = []
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        flags.append(torch_opt is not None and len(torch_opt.state) > 0)
+    return any(flags)
+
+
+def save_blocker(model, optimizer) -> Optional[str]:
+    """Why no checkpoint may be written now (agreed over the world), or None."""
+    bad = any(not torch.isfinite(p.detach()).all() for p in model.parameters())
+    flags = torch.tensor([float(bad), float(not optimizer_has_state(optimizer))],
+                         device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    if flags[0] > 0:
+        return "the weights contain NaN/Inf"
+    if flags[1] > 0:
+        return "no optimizer update yet (a restart rebuilds this state from the seed)"
+    return None
+
+
+def _sharded_state(model, optimizer, is_loading: bool, with_rng: bool) -> Dict[str, Any]:
+    model_sd = model.sharded_state_dict()
+    sd = {"model": model_sd,
+          "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                    metadata=dict(OPTIMIZER_METADATA))}
+    if with_rng:
+        sd["rng_state"] = _rng_sharded_object(rng_state())
+    return sd
+
+
+class CheckpointManager:
+    """Saves and loads checkpoints under `root`; every method is called on every rank."""
+
+    def __init__(self, root: str | os.PathLike, keep_last: int = 2, fault=None):
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.fault = fault  # tests only: faults.FaultPlan
+
+    # ----- save -----
+    def save(self, step: int, model, optimizer, state: TrainState, extra: Dict[str, Any]
+             ) -> Tuple[Optional[Path], Optional[str]]:
+        """Write iter_<step> and move `latest` to it: (path, None); or write nothing and return
+        (None, why) when a weight is NaN/Inf or no update happened yet (see save_blocker).
+        `model` is the bare model (not the DDP wrapper)."""
+        from megatron.core import dist_checkpointing
+
+        blocker = save_blocker(model, optimizer)
+        if blocker is not None:
+            return None, blocker
+        rank = torch.distributed.get_rank()
+        path = self.root / iter_name(step)
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if path.exists():  # left by a save that was killed before `latest` moved to it
+                shutil.rmtree(path)
+            path.mkdir()
+        torch.distributed.barrier()
+        sd = _sharded_state(model, optimizer, is_loading=False, with_rng=True)
+        sd["train_state"] = dataclasses.asdict(state)
+        sd["layout"] = _layout()
+        sd["format_version"] = FORMAT_VERSION
+        sd.update(extra)
+        _in_process_results_queue()
+        dist_checkpointing.save(sd, str(path))
+        if self.fault is not None:
+            self.fault.at_point("after_shards_written", step)
+        torch.distributed.barrier()  # every rank's shards are on disk
+        if rank == 0:
+            atomic_write(str(self.root / LATEST), iter_name(step) + "\n")
+            self._prune(step)
+        torch.distributed.barrier()
+        return path, None
+
+    def _prune(self, latest_step: int) -> None:
+        older = [p for p in list_checkpoints(self.root) if step_of(p) < latest_step]
+        for p in older[:max(0, len(older) - (self.keep_last - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    # ----- load -----
+    @staticmethod
+    def read_common(path: Path) -> Dict[str, Any]:
+        from megatron.core import dist_checkpointing
+
+        try:
+            common = dist_checkpointing.load_common_state_dict(str(path))
+        except Exception as e:  # noqa: BLE001 - torch / pickle errors of a damaged file
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if not isinstance(common, dict) or common.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: not a swax_megatron checkpoint (format "
+                                  f"{common.get('format_version') if isinstance(common, dict) else '?'}"
+                                  f", expected {FORMAT_VERSION})")
+        return common
+
+    def load(self, path: Path, model, optimizer) -> Dict[str, Any]:
+        """Load model, optimizer and (same layout only) RNG states from `path` into the bare
+        `model` and `optimizer`; returns the checkpoint's common entries."""
+        from megatron.core import dist_checkpointing
+
+        common = self.read_common(path)
+        same_layout = common.get("layout") == _layout()
+        dist_opts = _distributed_optimizers(optimizer)
+        for opt in dist_opts:
+            opt._init_optimizer_states_with_dummy_values()  # fix 1
+        with _keep_step_on_load(dist_opts):
+            sd = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
+            try:
+                loaded = dist_checkpointing.load(sd, str(path))
+            except Exception as e:  # noqa: BLE001 - megatron raises several types
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{path}: does not match this model/optimizer: "
+                                      f"{first[:300]}") from None
+            model.load_state_dict(loaded["model"], strict=True)
+            with torch.no_grad():  # fix 3
+                optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_step_tensors(optimizer)
+        if same_layout:
+            set_rng_state(loaded["rng_state"])
+        return common

@@ -1,0 +1,132 @@
+"""Process-group set-up from torchrun or SLURM variables, and megatron's parallel state.
+
+Launchers and what they set:
+    torchrun            RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    srun (one task/GPU) SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE;
+                        MASTER_ADDR / MASTER_PORT come from slurm/pretrain.sh (or default to
+                        127.0.0.1 and a port derived from the job id on one node)
+    nothing             a world of one process
+NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+# A rank that dies mid-collective leaves its peers waiting: give up after this long.
+TIMEOUT_MINUTES = float(os.environ.get("SWAX_DIST_TIMEOUT_MINUTES", "10"))
+
+
+class LaunchError(ValueError):
+    """The job's processes do not match the recipe (world size, devices)."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    launcher: str  # torchrun | slurm | single
+
+
+def _slurm_tasks_per_node(env: Dict[str, str], world: int) -> int:
+    # SLURM_NTASKS_PER_NODE looks like "2" or "2(x3)"; SLURM_TASKS_PER_NODE similar.
+    for key in ("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        text = env.get(key)
+        if text:
+            try:
+                return int(text.split("(")[0].split(",")[0])
+            except ValueError:
+                pass
+    return world
+
+
+def detect(env: Optional[Dict[str, str]] = None) -> DistEnv:
+    env = dict(os.environ) if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return DistEnv(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)),
+                       int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        world = int(env["SLURM_NTASKS"])
+        return DistEnv(int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)),
+                       _slurm_tasks_per_node(env, world), "slurm")
+    return DistEnv(0, 1, 0, 1, "single")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(d: DistEnv) -> str:
+    """Initialise torch.distributed for `d`; returns the device type ("cuda" or "cpu")."""
+    on_gpu = torch.cuda.is_available()
+    if d.launcher == "single":
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    elif d.launcher == "slurm":
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+        os.environ.setdefault("MASTER_PORT", str(20000 + job % 20000))
+    # Megatron and torch read these names, whatever the launcher.
+    os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size),
+                      LOCAL_RANK=str(d.local_rank))
+    if on_gpu:
+        if d.local_rank >= torch.cuda.device_count():
+            raise LaunchError(f"local rank {d.local_rank} has no GPU: this node has "
+                              f"{torch.cuda.device_count()}")
+        torch.cuda.set_device(d.local_rank)
+    else:
+        # OMP_NUM_THREADS (torchrun sets 1), else one share of the cores per process. A fixed
+        # count also keeps CPU reductions (and thus losses) bitwise reproducible across restarts.
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
+                              else max(1, (os.cpu_count() or 1) // max(1, d.local_world_size)))
+    torch.distributed.init_process_group(
+        "nccl" if on_gpu else "gloo", rank=d.rank, world_size=d.world_size,
+        timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+    return "cuda" if on_gpu else "cpu"
+
+
+def init_model_parallel(tp: int, pp: int, seed: int) -> None:
+    from megatron.core import parallel_state
+
+    from ..parallel import cpu_compat
+
+    world = torch.distributed.get_world_size()
+    if world % (tp * pp):
+        raise LaunchError(f"world size {world} is not divisible by tensor x pipeline parallel "
+                          f"size {tp} x {pp}")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
+                                             pipeline_model_parallel_size=pp)
+    cpu_compat.model_parallel_seed(seed)
+
+
+def teardown() -> None:
+    from megatron.core import parallel_state
+
+    try:
+        parallel_state.destroy_model_parallel()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def relaunch_with_torchrun(nproc: int, argv) -> None:
+    """Replace this process by `torchrun --standalone --nproc-per-node nproc -m
+    swax_megatron.train ARGV` (a one-node recipe started without a launcher)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "swax_megatron.train", *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)

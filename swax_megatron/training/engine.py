@@ -1,0 +1,190 @@
+"""Model, DDP and optimizer set-up; one training step; evaluation. Megatron-core throughout:
+
+    DistributedDataParallel(config, DistributedDataParallelConfig, model)
+    get_megatron_optimizer(OptimizerConfig, [ddp])     (distributed optimizer optional)
+    get_forward_backward_func()(...)                    (pipeline schedule for PP > 1)
+
+A step: set the step's window on this rank's stage -> forward/backward over the micro-batches
+-> one all-reduce of the loss sums and the stop flags -> main grads -> grad norm. A NaN/Inf loss
+or grad norm skips the update: gradients are dropped and neither the weights nor the optimizer
+state (Adam moments, its step count) change. Otherwise clip to optim.clip_grad and update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Engine:
+    model: torch.nn.Module  # bare SwaxModel of this rank's stage (checkpoints, windows)
+    ddp: torch.nn.Module  # what the schedule runs: DDP(Float16Module?(model))
+    optimizer: object  # megatron optimizer (ChainedOptimizer)
+    config: object  # the SwaxConfig
+    seq_length: int
+    micro_batch_size: int
+    device: torch.device
+
+
+def dtype_name(config) -> str:
+    return "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
+
+
+def build_engine(recipe, vocab_size: int, device: torch.device) -> Engine:
+    from megatron.core.distributed import (DistributedDataParallel,
+                                           DistributedDataParallelConfig, finalize_model_grads)
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.transformer.module import Float16Module
+
+    from ..models.model import swax_model_from_recipe
+
+    model = swax_model_from_recipe(recipe, vocab_size=vocab_size)
+    config = model.config
+    if device.type == "cuda":
+        model.cuda(torch.cuda.current_device())
+    wrapped = Float16Module(config, model) if (config.bf16 or config.fp16) else model
+    use_dist_opt = recipe.parallel.use_distributed_optimizer
+    ddp = DistributedDataParallel(
+        config=config,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False, overlap_param_gather=False,
+            use_distributed_optimizer=use_dist_opt,
+            check_for_nan_in_grad=False),  # NaN steps are skipped, not raised
+        module=wrapped)
+    o = recipe.optim
+    opt_config = OptimizerConfig(
+        optimizer="adam" if o.optimizer == "adamw" else "sgd",
+        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+        adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
+        bf16=config.bf16, fp16=config.fp16, params_dtype=config.params_dtype,
+        use_distributed_optimizer=use_dist_opt)
+    optimizer = get_megatron_optimizer(opt_config, [ddp])
+    # Hooks megatron's schedules call (as Megatron-LM's training.setup does).
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = ddp.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    return Engine(model=model, ddp=ddp, optimizer=optimizer, config=config,
+                  seq_length=recipe.train.seq_length,
+                  micro_batch_size=recipe.train.micro_batch_size, device=device)
+
+
+# --- loss -------------------------------------------------------------------------------------
+
+def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    mask = loss_mask.reshape(-1).float()
+    loss_sum = (per_token_loss.reshape(-1).float() * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    # Megatron divides the first value in place by num_tokens and the micro-batch count (a mean);
+    # the third, copied before that, is what the schedule hands back per micro-batch.
+    return loss_sum, num_tokens, (loss_sum.detach().clone(), num_tokens.detach().clone())
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    out = model(batch["tokens"], labels=batch["labels"])
+    return out, partial(_loss_func, batch["loss_mask"])
+
+
+def _run_schedule(e: Engine, batches: List[Dict[str, torch.Tensor]], forward_only: bool):
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    return get_forward_backward_func()(
+        forward_step_func=_forward_step, data_iterator=iter(batches), model=[e.ddp],
+        num_microbatches=len(batches), seq_length=e.seq_length,
+        micro_batch_size=e.micro_batch_size, decoder_seq_length=e.seq_length,
+        forward_only=forward_only)
+
+
+def _is_reporter() -> bool:
+    # One rank per data-parallel replica contributes its loss sums: the last stage, TP rank 0.
+    from megatron.core import parallel_state as ps
+
+    return ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+
+
+def _reduce(e: Engine, outputs, extra: Sequence[float]) -> List[float]:
+    """World all-reduce (sum) of [loss sum, tokens] of every replica and of `extra` flags."""
+    loss_sum, tokens = 0.0, 0.0
+    if _is_reporter():
+        for ls, n in outputs:
+            loss_sum += float(ls)
+            tokens += float(n)
+    buf = torch.tensor([loss_sum, tokens, *extra], dtype=torch.float64, device=e.device)
+    torch.distributed.all_reduce(buf)
+    return buf.tolist()
+
+
+# --- step ---------------------------------------------------------------------------------------
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: Optional[float]
+    updated: bool
+    flags: List[float]  # the summed extra flags
+
+
+def set_lr(optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+
+
+def _clip(optimizer, grad_norm: float) -> None:
+    # Looked up at call time: cpu_compat.apply() replaces it on CPU.
+    from megatron.core.optimizer import optimizer as mopt
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(opt, "is_stub_optimizer", False) or opt.config.clip_grad <= 0:
+            continue
+        params = opt.get_parameters()
+        if params:
+            mopt.clip_grad_by_total_norm_fp32(
+                params, max_norm=opt.config.clip_grad, total_norm=grad_norm,
+                use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+
+
+def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: float,
+               flags: Sequence[float] = ()) -> StepResult:
+    e.model.set_swa_window(window)
+    e.ddp.train()
+    e.ddp.zero_grad_buffer()
+    e.optimizer.zero_grad()
+    outputs = _run_schedule(e, batches, forward_only=False)
+    loss_sum, tokens, *summed_flags = _reduce(e, outputs, flags)
+    loss = loss_sum / tokens if tokens else float("nan")
+    set_lr(e.optimizer, lr, weight_decay)
+    found_inf = e.optimizer.prepare_grads()  # fp16 loss-scale overflow; False otherwise
+    # Computed over the grad-stats group on every rank, so all ranks agree on it.
+    grad_norm = float(e.optimizer.get_grad_norm())
+    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
+        e.optimizer.zero_grad()
+        e.ddp.zero_grad_buffer()
+        return StepResult(loss, grad_norm, False, summed_flags)
+    _clip(e.optimizer, grad_norm)
+    e.optimizer.step_with_ready_grads()
+    return StepResult(loss, grad_norm, True, summed_flags)
+
+
+@torch.no_grad()
+def evaluate(e: Engine, batches_per_iter, *, window: int) -> float:
+    """Mean per-token loss over the given global batches, at SWA window `window`."""
+    previous = e.model.swa_window
+    e.model.set_swa_window(window)
+    e.ddp.eval()
+    loss_sum, tokens = 0.0, 0.0
+    try:
+        for batches in batches_per_iter:
+            outputs = _run_schedule(e, batches, forward_only=True)
+            ls, n = _reduce(e, outputs, ())
+            loss_sum += ls
+            tokens += n
+    finally:
+        e.model.set_swa_window(previous)
+        e.ddp.train()
+    return loss_sum / tokens if tokens else float("nan")

@@ -1,0 +1,188 @@
+"""Rank-0 logging: progress bar, metrics.jsonl, TensorBoard, the loss plot, the summary.
+
+metrics.jsonl has one JSON object per line:
+    {"kind": "train", "step": 12, "loss": ..., "lr": ..., "window": 32, "grad_norm": ...,
+     "tokens_per_s": ..., "step_time_s": ..., "skipped": false, "flops_per_token": ..., "mfu": ...}
+    {"kind": "eval", "step": 50, "val_loss": ..., "val_ppl": ..., "window": 128}
+    {"kind": "checkpoint", "step": 100, "path": "...", "reason": "every_steps"}
+`step` counts optimizer steps done (1 after the first step); `window` is the SWA window the step
+used. Floats are written exactly (repr), so two runs can be compared bitwise. On resume the
+records past the checkpoint's step (work lost with the interrupted job) are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..config.resolve import atomic_write
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN / Infinity
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> List[Dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: drop it
+                continue
+    return out
+
+
+class NullLogger:
+    """What ranks other than 0 get: every call is a no-op."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | os.PathLike, *, total_steps: int, start_step: int,
+                 progress: bool = True, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        # Keep only what the resumed state has seen (a fresh run keeps nothing).
+        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= start_step]
+        atomic_write(str(self.metrics_path), "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.metrics_path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                        purge_step=start_step + 1 if start_step else None)
+            except ImportError:  # tensorboard not installed: JSONL only
+                self.tb = None
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
+
+    def _write(self, record: Dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def train(self, record: Dict[str, Any]) -> None:
+        self._write({"kind": "train", **record})
+        step = record["step"]
+        if self.tb is not None:
+            for key in ("loss", "lr", "window", "grad_norm", "tokens_per_s", "mfu"):
+                value = record.get(key)
+                if isinstance(value, (int, float)) and value is not None:
+                    self.tb.add_scalar(f"train/{key}", value, step)
+            self.tb.add_scalar("train/skipped", int(record.get("skipped", False)), step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(
+                f"loss={record['loss']:.4f} lr={record['lr']:.2e} w={record['window']} "
+                f"tok/s={record['tokens_per_s']:.0f}", refresh=False)
+
+    def eval(self, record: Dict[str, Any]) -> None:
+        self._write({"kind": "eval", **record})
+        if self.tb is not None:
+            self.tb.add_scalar("val/loss", record["val_loss"], record["step"])
+            self.tb.add_scalar("val/ppl", record["val_ppl"], record["step"])
+        self.message(f"step {record['step']}: val loss {record['val_loss']:.4f} "
+                     f"(ppl {record['val_ppl']:.2f}, window {record['window']})")
+
+    def checkpoint(self, record: Dict[str, Any]) -> None:
+        self._write({"kind": "checkpoint", **record})
+        self.message(f"step {record['step']}: checkpoint {record['path']} ({record['reason']})")
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        self._file.close()
+
+
+def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike,
+                baselines: Optional[Dict[str, float]] = None) -> Optional[str]:
+    """Train and validation loss against step into a PNG; returns why not if it cannot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no loss plot (pip install matplotlib)"
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records
+             if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
+    val = [(r["step"], r["val_loss"]) for r in records
+           if r.get("kind") == "eval" and isinstance(r.get("val_loss"), float)]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        ax.plot(*zip(*train), lw=0.8, label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, ls="--", lw=0.8, color="gray")
+        ax.annotate(name, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8,
+                    color="gray", xycoords=("axes fraction", "data"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(Path(metrics_path).parent.name, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = str(out_path) + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return None
+
+
+def write_summary(path: str | os.PathLike, summary: Dict[str, Any]) -> None:
+    atomic_write(str(path), json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2)
+                 + "\n")
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    def num(key, fmt):
+        v = s.get(key)
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        "=" * 64,
+        f"run            {s['run_dir']}",
+        f"steps          {s['steps']} ({s['skipped_steps']} skipped NaN/Inf), "
+        f"{s['tokens_trained']:,} tokens",
+        f"val loss       {num('val_loss', '.4f')} nats/token  (perplexity {num('val_ppl', '.2f')},"
+        f" window {s.get('eval_window')})",
+        f"unigram        {num('unigram_entropy_valid', '.4f')} nats/token (entropy of the "
+        f"validation tokens); {num('unigram_xent_train', '.4f')} (train unigram)",
+        f"throughput     {num('tokens_per_s', ',.0f')} tokens/s over {s['world_size']} "
+        f"process(es); {num('train_flops_per_token', '.3g')} train FLOPs/token; "
+        f"MFU {num('mfu', '.1%')}",
+        f"wall time      {num('wall_seconds', '.1f')} s this job",
+        f"checkpoint     {s.get('checkpoint') or 'none'}",
+        "=" * 64,
+    ]
+    return "\n".join(lines)

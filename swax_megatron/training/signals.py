@@ -1,0 +1,50 @@
+"""Exit codes and the stop-request flag set by SIGUSR1 / SIGTERM.
+
+The handler only records the signal; the train loop reads `StopRequest.local` at each step
+boundary, agrees with the other ranks through an all-reduce (a signal may reach only some
+ranks, or reach them at different steps), saves a checkpoint and exits with EXIT_REQUEUE.
+SLURM's `--signal=USR1@N` (and a scheduler's SIGTERM before a kill) then lead to a clean
+requeue instead of lost work. slurm/pretrain.sh requeues on EXIT_REQUEUE.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Iterable, Optional
+
+EXIT_OK = 0
+# Checkpoint written after a stop request (signal or train.exit_after_minutes): requeue me.
+EXIT_REQUEUE = 42
+# Bad input (recipe, data, checkpoint): one clear line on stderr; requeueing will not help.
+EXIT_BAD_INPUT = 2
+# Training diverged: train.max_consecutive_nonfinite NaN/Inf steps in a row.
+EXIT_DIVERGED = 3
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopRequest:
+    """Installs handlers that set a flag; `restore()` puts the previous handlers back."""
+
+    def __init__(self, signals: Iterable[int] = STOP_SIGNALS):
+        self.received: Optional[int] = None
+        self._previous = {}
+        for sig in signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.received is None:
+            self.received = signum
+
+    @property
+    def local(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
