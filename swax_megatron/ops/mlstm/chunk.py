@@ -204,7 +204,7 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
         return dq, _merge(dk, B, S), _merge(dva[..., :-1], B, S), di, df, dC0, dn0, dm0, None, None
 
 
-def _chunk_exact(q, k, v, i, f, C0, n0, m0, L, eps):
+def _chunk_plain(q, k, v, i, f, C0, n0, m0, L, eps):
     B, H, S, _ = q.shape
     qs, kc, va, ic, logf, C0aug = _prepare(q, k, v, i, f, C0, n0, L)
     h, Caug, m, _ = _forward(qs, kc, va, ic, logf, C0aug, m0.flatten().to(torch.float64), eps, keep_for_backward=False)
@@ -218,7 +218,9 @@ def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, 
     q, k [B,H,S,Dqk]; v [B,H,S,Dv]; i, f [B,H,S] gate pre-activations; initial_state (C, n, m) or
     None (zeros). grad: "stopgrad" (normaliser and m constant in backward, hand-written backward)
     or "exact" (plain autograd). Returns (h [B,H,S,Dv] in q's dtype, (C, n, m) in the compute dtype).
-    With grad="stopgrad", initial C and n receive gradients, initial m does not (see module doc)."""
+    Gradients reach the initial (C, n, m) in both modes; the returned m is non-differentiable with
+    grad="stopgrad" (module docstring). Without autograd (no_grad, or no input requiring grad) both
+    modes run the same in-place forward."""
     check_eps(eps)
     if grad not in ("stopgrad", "exact"):
         raise ValueError(f"mlstm_chunkwise: grad must be 'stopgrad' or 'exact', got {grad!r}")
@@ -232,8 +234,12 @@ def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, 
     C0, n0, m0 = (s.to(cd) for s in initial_state)
     L = min(chunk_size, S)
     args = [t.to(cd) for t in (q, k, v, i, f)]
-    if grad == "exact":
-        h, C, n, m = _chunk_exact(*args, C0, n0, m0, L, eps)
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (*args, C0, n0, m0))
+    if not needs_graph:  # inference / prefill: both modes are the same in-place forward
+        with torch.no_grad():
+            h, C, n, m = _chunk_plain(*args, C0, n0, m0, L, eps)
+    elif grad == "exact":
+        h, C, n, m = _chunk_plain(*args, C0, n0, m0, L, eps)
     else:
         h, C, n, m = _MLSTMChunkStopgrad.apply(*args, C0, n0, m0, L, eps)
     return h.to(q.dtype), (C, n, m)
