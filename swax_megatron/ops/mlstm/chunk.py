@@ -9,9 +9,9 @@ Per chunk of L steps (b_t = inclusive cumsum of log f inside the chunk, g = b_L)
       m_t = max(b_t + m_{k-1}, b_t + max_{j<=t}(i_j - b_j))
       h_t = [sum_{j<=t} (q_t.k_j) e^{b_t-b_j+i_j-m_t} v_j + e^{b_t+m_{k-1}-m_t} C_{k-1}^T q_t] / norm_t
 
-n rides along as an extra value column (v_aug = [v | 1], state [C | n]), so one matmul and one
-loop step serve both. The per-chunk local write term uses its own stabiliser max_j a_j, so all
-chunks are computed in one batched matmul before the loop.
+n follows the same recurrence with k in place of k v^T. The loop only needs the chunk-end
+stabilisers, which depend on the gates alone, so every chunk's local write term (scaled to its
+own end state) comes from one batched matmul before the loop.
 
 grad="stopgrad" (default) differentiates with norm_t and every m held constant, the convention of
 mlstm_kernels' custom backward (research/mlstm.md §1.5). Its backward is written by hand:
@@ -39,17 +39,18 @@ from ._common import State, check_eps, check_sequence_inputs, check_state, compu
 _NEG = -1e30  # input-gate value of padded tail steps: exp(_NEG - m) == 0, and no -inf arithmetic
 
 
-def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
-    """Chunked forward on [X, NC, L, *] tensors (X = B*H; qs already scaled; v_aug = [v | 1]).
+def _forward(qs, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
+    """Chunked forward on [X, NC, L, *] tensors (X = B*H, qs already scaled). States C0 [X,Dqk,Dv],
+    n0 [X,Dqk], m0 [X].
 
     The gate path (i, logf, m0 and everything derived from them) is float64 whatever the compute
     dtype: it is O(S) work, and the in-chunk log weights b_t - b_j + i_j - m_t cancel terms of
     size up to chunk_size * |log f|, which costs fp32 about 1e-3 relative error at saturated gates.
 
     Runs in place where it may (no autograd), out of place under autograd (grad="exact").
-    Returns (h [X,NC,L,Dv], final state aug [X,Dqk,Dv+1], final m [X], saved dict or None)."""
+    Returns (h [X,NC,L,Dv], C [X,Dqk,Dv], n [X,Dqk], m [X] float64, saved dict or None)."""
     X, NC, L, Dqk = qs.shape
-    Dv1 = v_aug.shape[-1]
+    Dv = v.shape[-1]
     ip = not torch.is_grad_enabled()
     cd = qs.dtype
     bmm_view = lambda t: t.reshape(X * NC, *t.shape[2:])  # noqa: E731  (views: inputs are contiguous)
@@ -65,76 +66,87 @@ def _forward(qs, k, v_aug, i, logf, C0aug, m0, eps, keep_for_backward):
         m_list.append(torch.maximum(g[:, c] + m_list[-1], amax[:, c]))
     mb = torch.stack(m_list, dim=-1)  # [X,NC+1]
     decay = torch.exp(g + mb[:, :-1] - mb[:, 1:]).to(cd)  # [X,NC], <= 1
-    E = torch.exp(a - mb[:, 1:, None]).to(cd)  # [X,NC,L], <= 1
+    E = torch.exp(a - mb[:, 1:, None]).to(cd)  # [X,NC,L], <= 1: weight of write j in the chunk's end state
     kw = k * E[..., None]
-    C_loc = torch.bmm(bmm_view(kw).transpose(-1, -2), bmm_view(v_aug)).view(X, NC, Dqk, Dv1)
+    C_loc = torch.bmm(bmm_view(kw).transpose(-1, -2), bmm_view(v)).view(X, NC, Dqk, Dv)
+    n_loc = kw.sum(2)  # [X,NC,Dqk]
 
-    # State recurrence: one fused multiply-add per chunk.
+    # State recurrence: one fused multiply-add per chunk (n alike, Dqk-sized).
     if ip:
-        Cprev = torch.empty(X, NC, Dqk, Dv1, dtype=qs.dtype, device=qs.device)
-        Cprev[:, 0] = C0aug
-        views, locs, decs = Cprev.unbind(1), C_loc.unbind(1), decay[..., None, None].unbind(1)
+        Cprev = torch.empty(X, NC, Dqk, Dv, dtype=cd, device=qs.device)
+        nprev = torch.empty(X, NC, Dqk, dtype=cd, device=qs.device)
+        Cprev[:, 0], nprev[:, 0] = C0, n0
+        Cv, Cl, nv, nl = Cprev.unbind(1), C_loc.unbind(1), nprev.unbind(1), n_loc.unbind(1)
+        dC, dn = decay[..., None, None].unbind(1), decay[..., None].unbind(1)
         for c in range(NC - 1):
-            torch.addcmul(locs[c], decs[c], views[c], out=views[c + 1])
-        C_last = torch.addcmul(locs[-1], decs[-1], views[-1])
+            torch.addcmul(Cl[c], dC[c], Cv[c], out=Cv[c + 1])
+            torch.addcmul(nl[c], dn[c], nv[c], out=nv[c + 1])
+        C_last = torch.addcmul(Cl[-1], dC[-1], Cv[-1])
+        n_last = torch.addcmul(nl[-1], dn[-1], nv[-1])
     else:
-        C_list = [C0aug]
+        C_list, n_list = [C0], [n0]
         for c in range(NC):
             C_list.append(torch.addcmul(C_loc[:, c], decay[:, c, None, None], C_list[-1]))
+            n_list.append(torch.addcmul(n_loc[:, c], decay[:, c, None], n_list[-1]))
         Cprev, C_last = torch.stack(C_list[:-1], dim=1), C_list[-1]
+        nprev, n_last = torch.stack(n_list[:-1], dim=1), n_list[-1]
 
     # Intra-chunk, all chunks at once. logD_tj = b_t - b_j + i_j = b_t + w_j, so the row max is a cummax.
     w = i - b
     m_inter = b + mb[:, :-1, None]
     m_t = torch.maximum(m_inter, b + w.cummax(-1).values)
     inter = torch.exp(m_inter - m_t).to(cd)  # [X,NC,L], weight of the carried state in row t
-    causal = torch.ones(L, L, dtype=torch.bool, device=qs.device).tril()
     D = ((b - m_t)[..., :, None] + w[..., None, :]).to(cd)
     QK = torch.bmm(bmm_view(qs), bmm_view(k).transpose(-1, -2))
     if ip:
         D = D.exp_().tril_()  # entries above the diagonal may overflow to inf before tril_ zeroes them
         Smat = QK.mul_(bmm_view(D))
     else:
+        causal = torch.ones(L, L, dtype=torch.bool, device=qs.device).tril()
         D = D.masked_fill(~causal, float("-inf")).exp()
         Smat = QK * bmm_view(D)
     qsi = qs * inter[..., None]
-    num = torch.bmm(Smat, bmm_view(v_aug)).baddbmm_(bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv1)
-    norm = torch.maximum(num[..., -1].abs(), torch.exp(-m_t).to(cd)) + eps
-    h = num[..., :-1] / norm[..., None]
+    num = torch.bmm(Smat, bmm_view(v)).baddbmm_(bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv)
+    den = Smat.sum(-1).view(X, NC, L) + (qsi * nprev[:, :, None, :]).sum(-1)
+    norm = torch.maximum(den.abs(), torch.exp(-m_t).to(cd)) + eps
+    h = num.div_(norm[..., None]) if ip else num / norm[..., None]
     saved = None
     if keep_for_backward:
         saved = dict(D=D, Smat=Smat, Cprev=Cprev, decay=decay, E=E, kw=kw, qsi=qsi, inter=inter, norm=norm)
-    return h, C_last, mb[:, -1], saved
+    return h, C_last, n_last, mb[:, -1], saved
 
 
-def _backward(qs, k, v_aug, saved, dh, dCaug_last):
-    """Hand-written stopgrad backward on [X,NC,L,*]. Returns dqs, dk, dv_aug, dCaug0."""
+def _backward(qs, k, v, saved, dh, dC_last, dn_last):
+    """Hand-written stopgrad backward on [X,NC,L,*]. Returns dqs, dk, dv, dC0, dn0 (dn0 may be None)."""
     D, Smat, Cprev, decay, E, kw, qsi, inter, norm = (
         saved[x] for x in ("D", "Smat", "Cprev", "decay", "E", "kw", "qsi", "inter", "norm"))
     X, NC, L, Dqk = qs.shape
-    Dv1 = v_aug.shape[-1]
+    Dv = v.shape[-1]
     bmm_view = lambda t: t.reshape(X * NC, *t.shape[2:])  # noqa: E731
-    dhn = torch.empty(X, NC, L, Dv1, dtype=qs.dtype, device=qs.device)
-    torch.div(dh, norm[..., None], out=dhn[..., :-1])
-    dhn[..., -1] = 0  # n feeds only the (constant) normaliser
+    dhn = dh / norm[..., None]  # n feeds only the (constant) normaliser: no gradient to n from h
 
-    # Reverse state-gradient recurrence: Gout[c] = dL/d(state leaving chunk c).
-    loc = torch.bmm(bmm_view(qsi).transpose(-1, -2), bmm_view(dhn)).view(X, NC, Dqk, Dv1)
-    Gout = torch.empty(X, NC, Dqk, Dv1, dtype=qs.dtype, device=qs.device)
-    Gout[:, -1] = dCaug_last
+    # Reverse state-gradient recurrence: Gout[c] = dL/d(C leaving chunk c).
+    loc = torch.bmm(bmm_view(qsi).transpose(-1, -2), bmm_view(dhn)).view(X, NC, Dqk, Dv)
+    Gout = torch.empty(X, NC, Dqk, Dv, dtype=qs.dtype, device=qs.device)
+    Gout[:, -1] = dC_last
     views, locs, decs = Gout.unbind(1), loc.unbind(1), decay[..., None, None].unbind(1)
     for c in range(NC - 1, 0, -1):
         torch.addcmul(locs[c], decs[c], views[c], out=views[c - 1])
     dC0 = torch.addcmul(locs[0], decs[0], views[0])
 
     dhn3 = bmm_view(dhn)
-    dS = torch.bmm(dhn3, bmm_view(v_aug).transpose(-1, -2)).mul_(bmm_view(D))
+    dS = torch.bmm(dhn3, bmm_view(v).transpose(-1, -2)).mul_(bmm_view(D))
     dqs = torch.bmm(dS, bmm_view(k)).baddbmm_(dhn3 * bmm_view(inter)[..., None], bmm_view(Cprev).transpose(-1, -2))
     dk = torch.bmm(dS.transpose(-1, -2), bmm_view(qs)).baddbmm_(
-        bmm_view(v_aug * E[..., None]), bmm_view(Gout).transpose(-1, -2))
+        bmm_view(v * E[..., None]), bmm_view(Gout).transpose(-1, -2)).view(X, NC, L, Dqk)
     dv = torch.bmm(Smat.transpose(-1, -2), dhn3).baddbmm_(bmm_view(kw), bmm_view(Gout))
-    shape = (X, NC, L)
-    return dqs.view(*shape, Dqk), dk.view(*shape, Dqk), dv.view(*shape, Dv1), dC0
+    dn0 = None
+    if dn_last is not None:  # n's gradient only flows back from the returned final n, through the decays
+        tail = decay.flip(1).cumprod(1).flip(1)  # [X,NC]: product of decays from chunk c to the end
+        Gn_out = dn_last[:, None, :] * torch.cat([tail[:, 1:], torch.ones_like(tail[:, :1])], 1)[..., None]
+        dk.add_(E[..., None] * Gn_out[:, :, None, :])
+        dn0 = dn_last * tail[:, :1]
+    return dqs.view(X, NC, L, Dqk), dk, dv.view(X, NC, L, Dv), dC0, dn0
 
 
 def _split(x: torch.Tensor, L: int, pad_value: float = 0.0) -> torch.Tensor:
@@ -151,13 +163,10 @@ def _merge(x: torch.Tensor, B: int, S: int) -> torch.Tensor:
     return x.reshape(B, -1, x.shape[1] * x.shape[2], *x.shape[3:])[:, :, :S]
 
 
-def _prepare(q, k, v, i, f, C0, n0, L):
-    scale = q.shape[-1] ** -0.5
-    v_aug = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-    C0aug = torch.cat([C0, n0[..., None]], dim=-1)
+def _prepare(q, k, v, i, f, L):
     gd = torch.float64  # gate path, see _forward
-    return (_split(q * scale, L), _split(k, L), _split(v_aug, L), _split(i.to(gd), L, _NEG),
-            _split(F.logsigmoid(f.to(gd)), L), C0aug.flatten(0, 1))
+    return (_split(q * q.shape[-1] ** -0.5, L), _split(k, L), _split(v, L), _split(i.to(gd), L, _NEG),
+            _split(F.logsigmoid(f.to(gd)), L))
 
 
 class _MLSTMChunkStopgrad(torch.autograd.Function):
@@ -165,51 +174,52 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, L, eps):
-        B, H, S, _ = q.shape
-        qs, kc, va, ic, logf, C0aug = _prepare(q, k, v, i, f, C0, n0, L)
-        m0 = m0.flatten().to(torch.float64)
-        h, Caug, m, saved = _forward(qs, kc, va, ic, logf, C0aug, m0, eps, keep_for_backward=True)
-        C, n, m = Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m.view(B, H).to(q.dtype)
-        ctx.save_for_backward(qs, kc, va, Caug, f, C0aug, *saved.values())
+        B, H, S, Dqk = q.shape
+        Dv = v.shape[-1]
+        qs, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
+        C0x, n0x = C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk)
+        h, C, n, m, saved = _forward(qs, kc, vc, ic, logf, C0x, n0x, m0.flatten().to(torch.float64), eps, True)
+        ctx.save_for_backward(qs, kc, vc, C, n, f, C0x, n0x, *saved.values())
         ctx.saved_keys = tuple(saved.keys())
         ctx.B, ctx.S = B, S
+        m = m.view(B, H).to(q.dtype)
         ctx.mark_non_differentiable(m)
-        return _merge(h, B, S), C, n, m
+        return _merge(h, B, S), C.view(B, H, Dqk, Dv), n.view(B, H, Dqk), m
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
-        qs, kc, va, Caug, f, C0aug, *rest = ctx.saved_tensors
+        qs, kc, vc, C, n, f, C0x, n0x, *rest = ctx.saved_tensors
         saved = dict(zip(ctx.saved_keys, rest))
         B, S = ctx.B, ctx.S
         X, NC, L, Dqk = qs.shape
-        H, Dv = X // B, va.shape[-1] - 1
-        dCaug = torch.zeros_like(Caug)
-        if dC is not None:
-            dCaug[..., :-1] = dC.reshape(X, Dqk, Dv)
-        if dn is not None:
-            dCaug[..., -1] = dn.reshape(X, Dqk)
+        H, Dv = X // B, vc.shape[-1]
+        dC = torch.zeros_like(C) if dC is None else dC.reshape(X, Dqk, Dv)
+        dn = None if dn is None else dn.reshape(X, Dqk)
         if dh is None:
             dh = torch.zeros(B, H, S, Dv, dtype=qs.dtype, device=qs.device)
-        dqs, dk, dva, dC0aug = _backward(qs, kc, va, saved, _split(dh, L), dCaug)
+        dqs, dk, dv, dC0, dn0 = _backward(qs, kc, vc, saved, _split(dh, L), dC, dn)
         # Gate gradients from the stopgrad identity (module docstring); [X, NC*L].
         kdk = (kc * dk).sum(-1).flatten(1)
         x = ((qs * dqs).sum(-1).flatten(1) - kdk).to(torch.float64)  # O(S) scan: keep it exact
-        dlogf = x.flip(-1).cumsum(-1).flip(-1) + (Caug * dCaug).sum((-2, -1))[:, None]
+        tail = (C * dC).sum((-2, -1)) + (0 if dn is None else (n * dn).sum(-1))
+        dlogf = x.flip(-1).cumsum(-1).flip(-1) + tail[:, None]
         di = kdk[:, :S].reshape(B, H, S)
         df = (dlogf[:, :S].reshape(B, H, S) * torch.sigmoid(-f.to(torch.float64))).to(qs.dtype)
         dq = _merge(dqs, B, S) * qs.shape[-1] ** -0.5
-        dm0 = (dC0aug * C0aug).sum((-2, -1)).view(B, H)  # m0 only rescales the carried (C0, n0)
-        dC0 = dC0aug[..., :-1].reshape(B, H, Dqk, Dv)
-        dn0 = dC0aug[..., -1].reshape(B, H, Dqk)
-        return dq, _merge(dk, B, S), _merge(dva[..., :-1], B, S), di, df, dC0, dn0, dm0, None, None
+        # m0 only rescales the carried (C0, n0): its derivative is <dC0, C0> + <dn0, n0>.
+        dm0 = (dC0 * C0x).sum((-2, -1)) + (0 if dn0 is None else (dn0 * n0x).sum(-1))
+        dn0 = torch.zeros_like(n0x) if dn0 is None else dn0
+        return (dq, _merge(dk, B, S), _merge(dv, B, S), di, df, dC0.view(B, H, Dqk, Dv), dn0.view(B, H, Dqk),
+                dm0.view(B, H), None, None)
 
 
 def _chunk_plain(q, k, v, i, f, C0, n0, m0, L, eps):
-    B, H, S, _ = q.shape
-    qs, kc, va, ic, logf, C0aug = _prepare(q, k, v, i, f, C0, n0, L)
-    h, Caug, m, _ = _forward(qs, kc, va, ic, logf, C0aug, m0.flatten().to(torch.float64), eps, keep_for_backward=False)
-    m = m.view(B, H).to(q.dtype)
-    return _merge(h, B, S), Caug[..., :-1].reshape(C0.shape), Caug[..., -1].reshape(n0.shape), m
+    B, H, S, Dqk = q.shape
+    Dv = v.shape[-1]
+    qs, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
+    h, C, n, m, _ = _forward(qs, kc, vc, ic, logf, C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk),
+                             m0.flatten().to(torch.float64), eps, False)
+    return _merge(h, B, S), C.view(B, H, Dqk, Dv), n.view(B, H, Dqk), m.view(B, H).to(q.dtype)
 
 
 def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, grad="stopgrad"):
