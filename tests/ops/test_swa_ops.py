@@ -8,12 +8,12 @@ import torch
 from ops_testing import grads, rel_err
 
 from swax_megatron.ops.swa import (
+    choose_impl,
     sliding_window_attention,
     sliding_window_attention_chunked,
     sliding_window_attention_masked,
     sliding_window_mask,
 )
-from swax_megatron.ops.swa import choose_impl
 
 TOL = 1e-12
 
@@ -81,8 +81,10 @@ def test_window_at_least_S_is_full_causal_and_default_scale():
 
 def test_auto_picks_chunked_only_when_cheaper():
     assert choose_impl(8192, 128) == "chunked"
-    assert choose_impl(1024, 128) == "chunked"
-    assert choose_impl(256, 128) == "sdpa"
+    assert choose_impl(256, 128) == "chunked"
+    assert choose_impl(8192, 4096) == "chunked"
+    assert choose_impl(8192, 5000) == "sdpa"
+    assert choose_impl(200, 16) == "sdpa"  # short: fixed costs dominate
     assert choose_impl(8192, None) == "sdpa"
 
 
@@ -117,3 +119,9 @@ def test_bad_inputs():
         sliding_window_attention_chunked(q, k, v, 4, block_size=0)
     with pytest.raises(TypeError, match="floating point"):
         sliding_window_attention(q.long(), k, v, 4)
+
+
+def test_auto_dispatches_to_the_chosen_path():
+    x = _qkv(1, 2, 1, 300, 8, 8, seed=8, requires_grad=False)
+    assert torch.equal(sliding_window_attention(*x, 16), sliding_window_attention_chunked(*x, 16))
+    assert torch.equal(sliding_window_attention(*x, 200), sliding_window_attention(*x, 200, impl="sdpa"))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import State, check_eps, check_sequence_inputs, check_state, compute_dtype, zero_state
+from ._common import check_eps, check_sequence_inputs, check_state, compute_dtype, zero_state
 
 _NEG = -1e30  # input-gate value of padded tail steps: exp(_NEG - m) == 0, and no -inf arithmetic
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import State, check_eps, check_sequence_inputs, check_state, compute_dtype, zero_state
+from ._common import check_eps, check_sequence_inputs, check_state, compute_dtype, zero_state
 
 
 def _step(q, k, v, i, f, C, n, m, eps, stopgrad=False):

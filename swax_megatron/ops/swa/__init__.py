@@ -1,42 +1,32 @@
 """Causal sliding-window attention, tensors [B, H, S, D], grouped-query heads allowed.
 
 sliding_window_attention(q, k, v, window, softmax_scale=None, *, impl="auto"):
-  window: int >= 1 (the window counts the token itself) or None (full causal).
-  impl: "auto" (chunked when it is cheaper, else dense SDPA), "masked" (plain dense reference),
-        "sdpa" (dense torch scaled_dot_product_attention with the band mask), "chunked" (O(S*window)).
+  window: int >= 1, the number of keys a query sees counting itself (query t attends to keys
+          max(0, t - window + 1) .. t), or None for full causal attention; window >= S is full causal.
+  softmax_scale: defaults to D ** -0.5.
+  impl: "auto"    the chunked path where it is cheaper (choose_impl), else "sdpa";
+        "masked"  naive.py, the plain dense reference;
+        "sdpa"    sdpa.py, dense through torch's fused attention with the band mask;
+        "chunked" chunk.py, O(S * window) blocks with a hand-written backward.
+GQA: k/v may have fewer heads; query head h reads key/value head h // (Hq // Hkv).
+float64 is computed in float64, other float dtypes in float32; the output has q's dtype.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from ._common import check_inputs, compute_dtype
+from ._common import check_inputs
 from .chunk import sliding_window_attention_chunked
 from .naive import sliding_window_attention_masked, sliding_window_mask
+from .sdpa import sliding_window_attention_sdpa
 
 IMPLS = ("auto", "masked", "sdpa", "chunked")
 
 
-def sliding_window_attention_sdpa(q, k, v, window, softmax_scale=None):
-    """Dense path through torch's fused attention (O(S^2) work, no S x S probabilities kept)."""
-    B, Hq, Hkv, S, D, Dv = check_inputs(q, k, v, window, softmax_scale)
-    cd = compute_dtype(q, k, v)
-    group = Hq // Hkv
-    kk, vv = k.to(cd), v.to(cd)
-    if group > 1:
-        kk, vv = kk.repeat_interleave(group, dim=1), vv.repeat_interleave(group, dim=1)
-    if window is None or window >= S:
-        out = F.scaled_dot_product_attention(q.to(cd), kk, vv, is_causal=True, scale=softmax_scale)
-    else:
-        mask = sliding_window_mask(S, window, q.device)
-        out = F.scaled_dot_product_attention(q.to(cd), kk, vv, attn_mask=mask, scale=softmax_scale)
-    return out.to(q.dtype)
-
-
 def choose_impl(S: int, window: int | None) -> str:
-    """The chunked path does about 2*S*window score work, the dense paths S*S (half of it masked)."""
-    if window is not None and 4 * window <= S:
+    """Chunked work is about S * (window + 64) scores, dense S * S; measured on CPU (fp32, D=64)
+    the chunked path wins from S = 2 * window on, once S is large enough (>= 256) that its fixed
+    per-call cost no longer dominates."""
+    if window is not None and S >= 256 and 2 * window <= S:
         return "chunked"
     return "sdpa"
 
@@ -57,6 +47,7 @@ def sliding_window_attention(q, k, v, window, softmax_scale=None, *, impl="auto"
 
 
 __all__ = [
+    "choose_impl",
     "sliding_window_attention",
     "sliding_window_attention_chunked",
     "sliding_window_attention_masked",
