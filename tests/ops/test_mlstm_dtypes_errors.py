@@ -85,3 +85,15 @@ def test_bad_dtype_options_and_state():
         mlstm_step(q[:, :, None], k, v, i, f, None)
     with pytest.raises(ValueError, match=r"state.n must have shape \[2, 3, 4\]"):
         mlstm_step(q, k, v, i, f, (torch.zeros(2, 3, 4, 6), torch.zeros(2, 3, 5), torch.zeros(2, 3)))
+
+
+def test_non_contiguous_inputs():
+    # Layers hand over permuted views ([b, s, h, d] -> [b, h, s, d]).
+    q, k, v, i, f = mlstm_inputs(2, 3, 70, 8, 8, seed=44)
+    perm = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    gates = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (i, f)]
+    assert not perm[0].is_contiguous()
+    h_ref, s_ref = mlstm_recurrent(q, k, v, i, f)
+    for grad in ("stopgrad", "exact"):
+        h, s = mlstm_chunkwise(*perm, *gates, chunk_size=32, grad=grad)
+        assert rel_err(h, h_ref) < 1e-10 and max(rel_err(a, b) for a, b in zip(s, s_ref)) < 1e-10

@@ -125,3 +125,12 @@ def test_auto_dispatches_to_the_chosen_path():
     x = _qkv(1, 2, 1, 300, 8, 8, seed=8, requires_grad=False)
     assert torch.equal(sliding_window_attention(*x, 16), sliding_window_attention_chunked(*x, 16))
     assert torch.equal(sliding_window_attention(*x, 200), sliding_window_attention(*x, 200, impl="sdpa"))
+
+
+def test_non_contiguous_inputs():
+    # The model hands over [s, b, h, d] tensors permuted to [b, h, s, d].
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(128, 2, h, 8, generator=g, dtype=torch.float64).permute(1, 2, 0, 3) for h in (4, 2, 2))
+    ref = sliding_window_attention_masked(q.contiguous(), k.contiguous(), v.contiguous(), 64)
+    for impl in ("masked", "sdpa", "chunked"):
+        assert rel_err(sliding_window_attention(q, k, v, 64, impl=impl), ref) < TOL

@@ -40,7 +40,7 @@ def _tile_biases(NB: int, Bq: int, P: int, W: int, dtype, device) -> tuple[torch
 def _tiles(x: torch.Tensor, NB: int, Bq: int, P: int, tail: int) -> torch.Tensor:
     """[B, H, S, D] -> [B*H*NB, (P+1)*Bq, D]: tile n = key blocks n-P .. n (zeros before the start)."""
     B, H, _, D = x.shape
-    xb = F.pad(x, (0, 0, P * Bq, tail)).view(B, H, P + NB, Bq, D)
+    xb = F.pad(x, (0, 0, P * Bq, tail)).reshape(B, H, P + NB, Bq, D)
     return torch.cat([xb[:, :, j:j + NB] for j in range(P + 1)], dim=3).view(B * H * NB, (P + 1) * Bq, D)
 
 
@@ -58,7 +58,7 @@ def _rows(x: torch.Tensor, Hkv: int, NB: int, Bq: int, tail: int) -> torch.Tenso
     """Queries [B, Hkv*G, S, D] -> [B*Hkv*NB, G*Bq, D]: the G query heads of a kv head stacked per block."""
     B, Hq, _, D = x.shape
     G = Hq // Hkv
-    x = F.pad(x, (0, 0, 0, tail)).view(B, Hkv, G, NB, Bq, D)
+    x = F.pad(x, (0, 0, 0, tail)).reshape(B, Hkv, G, NB, Bq, D)
     return x.transpose(2, 3).reshape(B * Hkv * NB, G * Bq, D)
 
 
