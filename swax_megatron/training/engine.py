@@ -5,7 +5,7 @@
     get_forward_backward_func()(...)                    (pipeline schedule for PP > 1)
 
 A step: set the step's window on this rank's stage -> forward/backward over the micro-batches
--> one all-reduce of the loss sums and the stop flags -> main grads -> grad norm. A NaN/Inf loss
+-> one all-reduce of the loss sums -> main grads -> grad norm. A NaN/Inf loss
 or grad norm skips the update: gradients are dropped and neither the weights nor the optimizer
 state (Adam moments, its step count) change. Otherwise clip to optim.clip_grad and update.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
@@ -107,14 +107,14 @@ def _is_reporter() -> bool:
     return ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
 
 
-def _reduce(e: Engine, outputs, extra: Sequence[float]) -> List[float]:
-    """World all-reduce (sum) of [loss sum, tokens] of every replica and of `extra` flags."""
+def _reduce(e: Engine, outputs) -> List[float]:
+    """World all-reduce (sum) of [loss sum, tokens] over the reporting rank of each replica."""
     loss_sum, tokens = 0.0, 0.0
     if _is_reporter():
         for ls, n in outputs:
             loss_sum += float(ls)
             tokens += float(n)
-    buf = torch.tensor([loss_sum, tokens, *extra], dtype=torch.float64, device=e.device)
+    buf = torch.tensor([loss_sum, tokens], dtype=torch.float64, device=e.device)
     torch.distributed.all_reduce(buf)
     return buf.tolist()
 
@@ -126,7 +126,6 @@ class StepResult:
     loss: float
     grad_norm: Optional[float]
     updated: bool
-    flags: List[float]  # the summed extra flags
 
 
 def set_lr(optimizer, lr: float, weight_decay: float) -> None:
@@ -149,14 +148,13 @@ def _clip(optimizer, grad_norm: float) -> None:
                 use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
 
 
-def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: float,
-               flags: Sequence[float] = ()) -> StepResult:
+def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: float) -> StepResult:
     e.model.set_swa_window(window)
     e.ddp.train()
     e.ddp.zero_grad_buffer()
     e.optimizer.zero_grad()
     outputs = _run_schedule(e, batches, forward_only=False)
-    loss_sum, tokens, *summed_flags = _reduce(e, outputs, flags)
+    loss_sum, tokens = _reduce(e, outputs)
     loss = loss_sum / tokens if tokens else float("nan")
     set_lr(e.optimizer, lr, weight_decay)
     found_inf = e.optimizer.prepare_grads()  # fp16 loss-scale overflow; False otherwise
@@ -165,10 +163,10 @@ def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: floa
     if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
         e.optimizer.zero_grad()
         e.ddp.zero_grad_buffer()
-        return StepResult(loss, grad_norm, False, summed_flags)
+        return StepResult(loss, grad_norm, False)
     _clip(e.optimizer, grad_norm)
     e.optimizer.step_with_ready_grads()
-    return StepResult(loss, grad_norm, True, summed_flags)
+    return StepResult(loss, grad_norm, True)
 
 
 @torch.no_grad()
@@ -181,7 +179,7 @@ def evaluate(e: Engine, batches_per_iter, *, window: int) -> float:
     try:
         for batches in batches_per_iter:
             outputs = _run_schedule(e, batches, forward_only=True)
-            ls, n = _reduce(e, outputs, ())
+            ls, n = _reduce(e, outputs)
             loss_sum += ls
             tokens += n
     finally:

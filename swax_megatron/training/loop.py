@@ -28,7 +28,7 @@ from .metrics import NullLogger, RunLogger, format_summary, plot_losses, write_s
 from .signals import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, StopRequest
 from .window_schedule import WindowSchedule
 
-_F_SIGNAL, _F_SAVE_TIME, _F_EXIT_TIME = 0, 1, 2  # positions of the step's agreed flags
+_F_SIGNAL, _F_SAVE_TIME, _F_EXIT_TIME = 0, 1, 2  # positions in agree_flags()
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,6 +42,22 @@ def _rank0() -> bool:
 def _log0(text: str) -> None:
     if _rank0():
         print(text, file=sys.stderr, flush=True)
+
+
+def _write_exit(run_dir: Path, code: int, step: int, reason: str, checkpoint) -> None:
+    """exit.json: how this job ended, for launchers that cannot see the workers' exit code
+    (torchrun reports every worker failure as 1; slurm/pretrain.sh in torchrun mode reads this)."""
+    write_summary(run_dir / "exit.json", {"code": code, "step": step, "reason": reason,
+                                          "checkpoint": str(checkpoint) if checkpoint else None})
+
+
+def agree_flags(*local: bool) -> list:
+    """Any rank's flag is every rank's flag (MAX all-reduce): a signal may reach one rank only,
+    and clocks cross a deadline at slightly different moments on each rank."""
+    buf = torch.tensor([float(x) for x in local],
+                       device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.MAX)
+    return [x > 0 for x in buf.tolist()]
 
 
 def _check_resume_compatible(common: Dict[str, Any], path: Path, window: WindowSchedule,
@@ -81,6 +97,7 @@ def run(resolved, argv=()) -> int:
     run_dir = Path(resolved.run_dir)
     if rank == 0:
         write_resolved(resolved)
+        (run_dir / "exit.json").unlink(missing_ok=True)  # written again when this job ends
     torch.distributed.barrier()
 
     window = WindowSchedule.from_config(tr.window_schedule, seed=recipe.run.seed,
@@ -174,15 +191,8 @@ def run(resolved, argv=()) -> int:
             w = window.window(s)
             lr = lr_at(s, lr_schedule)
             batches = microbatches(datasets.train, layout, state.consumed_samples, device)
-            now = time.monotonic()
-            flags = [0.0, 0.0, 0.0]
-            flags[_F_SIGNAL] = float(stop.local)
-            flags[_F_SAVE_TIME] = float(ck.every_minutes is not None
-                                        and now - last_save_time >= ck.every_minutes * 60)
-            flags[_F_EXIT_TIME] = float(tr.exit_after_minutes is not None
-                                        and now - t_job >= tr.exit_after_minutes * 60)
             res = train_step(engine, batches, window=w, lr=lr,
-                             weight_decay=recipe.optim.weight_decay, flags=flags)
+                             weight_decay=recipe.optim.weight_decay)
             dt = time.monotonic() - t0
             state.step += 1
             state.consumed_samples += gbs
@@ -215,15 +225,19 @@ def run(resolved, argv=()) -> int:
             if tr.eval_every and step % tr.eval_every == 0 and step < tr.steps:
                 val_loss = run_eval(step)
 
-            stop_requested = res.flags[_F_SIGNAL] > 0 or res.flags[_F_EXIT_TIME] > 0
+            flags = agree_flags(stop.local, ck.every_minutes is not None and
+                                time.monotonic() - last_save_time >= ck.every_minutes * 60,
+                                tr.exit_after_minutes is not None and
+                                time.monotonic() - t_job >= tr.exit_after_minutes * 60)
+            stop_requested = flags[_F_SIGNAL] or flags[_F_EXIT_TIME]
             reason = None
             if step == tr.steps:
                 reason = "final"
             elif stop_requested:
-                reason = "signal" if res.flags[_F_SIGNAL] > 0 else "exit_after_minutes"
+                reason = "signal" if flags[_F_SIGNAL] else "exit_after_minutes"
             elif ck.every_steps and step % ck.every_steps == 0:
                 reason = "every_steps"
-            elif res.flags[_F_SAVE_TIME] > 0:
+            elif flags[_F_SAVE_TIME]:
                 reason = "every_minutes"
             if reason is not None and last_saved_step != step:
                 path = save(step, reason)
@@ -233,7 +247,7 @@ def run(resolved, argv=()) -> int:
                     if fault is not None:
                         fault.at_point("after_save", step)
             if stop_requested and step < tr.steps:
-                why = (stop.name or "a signal to another rank") if res.flags[_F_SIGNAL] > 0 \
+                why = (stop.name or "a signal to another rank") if flags[_F_SIGNAL] \
                     else "train.exit_after_minutes"
                 log.message(f"stop requested ({why}) at step {step}: exiting with code "
                             f"{EXIT_REQUEUE} (requeue); resume from {last_path or 'scratch'}")
@@ -242,6 +256,7 @@ def run(resolved, argv=()) -> int:
     except TrainingDiverged as e:
         log.close()
         if _rank0():
+            _write_exit(run_dir, EXIT_DIVERGED, state.step, str(e), last_path)
             print(f"swax-train: error: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     finally:
@@ -249,6 +264,8 @@ def run(resolved, argv=()) -> int:
 
     if exit_code == EXIT_REQUEUE:
         log.close()
+        if _rank0():
+            _write_exit(run_dir, EXIT_REQUEUE, state.step, "stop requested", last_path)
         return exit_code
 
     # --- summary -------------------------------------------------------------------------------------
@@ -285,5 +302,6 @@ def run(resolved, argv=()) -> int:
         if note:
             print(f"note: {note}", file=sys.stderr)
         print(format_summary(summary), flush=True)
+        _write_exit(run_dir, EXIT_OK, state.step, "done", last_path)
     torch.distributed.barrier()
     return EXIT_OK

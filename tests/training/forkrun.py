@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
+TINY_RECIPE = "recipes/tiny/swax.yaml"
 
 
 def free_port() -> int:
@@ -56,6 +57,9 @@ def fork_run(argv: Sequence[str], world_size: int, log_dir: Path, *,
                 fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
+                # pytest may have replaced sys.stdout / sys.stderr with capture objects.
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
                 os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
                                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
@@ -124,3 +128,25 @@ def find_run_dir(output_root: Path) -> Path:
     dirs = [p for p in output_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(dirs) == 1, f"expected one run directory under {output_root}, found {dirs}"
     return dirs[0]
+
+
+# The overrides that shrink recipes/tiny/swax.yaml to a model training a step in a fraction of a
+# second, on the `tiny_corpus` fixture's data.
+def tiny_overrides(corpus, output_root: Path, *, steps: int = 8, every: int = 4,
+                   extra=()) -> list:
+    return [
+        f"run.output_root={output_root}",
+        f"data.source=[{corpus['prefix']}]", f"data.tokenizer_model={corpus['tokenizer']}",
+        "data.split=95,5,0", f"data.cache_dir={corpus['cache']}",
+        "model.hidden_size=64", "model.num_layers=2", "model.layer_pattern=XS",
+        "model.num_attention_heads=4", "model.num_query_groups=2", "model.mlstm.num_heads=2",
+        "model.mlstm.chunk_size=32", "model.swa.window=64",
+        "train.seq_length=128", "train.micro_batch_size=2", "train.global_batch_size=4",
+        f"train.steps={steps}", "train.eval_every=4", "train.eval_iters=1",
+        "train.window_schedule.short=16", "train.window_schedule.long=64",
+        "eval.window=64",
+        "optim.warmup_steps=2", "optim.lr=1e-2",
+        f"checkpoint.every_steps={every}", "checkpoint.every_minutes=null",
+        "checkpoint.keep_last=3",
+        *extra,
+    ]
