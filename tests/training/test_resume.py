@@ -20,6 +20,7 @@ LAYOUTS = {  # dp2-distopt: the optimizer state sharded over 2 data-parallel ran
     "tp2-distopt": ["parallel.tensor_model_parallel_size=2",
                     "parallel.use_distributed_optimizer=true"],
     "dp2-distopt": ["parallel.use_distributed_optimizer=true"],
+    "pp2": ["parallel.pipeline_model_parallel_size=2"],
 }
 
 
@@ -41,16 +42,18 @@ def _steps(records, kind="train"):
 @pytest.fixture(scope="module")
 def straight(tiny_corpus, tmp_path_factory):
     """Uninterrupted 8-step jobs, one per layout, run on first use."""
-    cache = {}
+    cache, run_dirs = {}, {}
 
     def get(layout):
         if layout not in cache:
             launch, runs = _job(tiny_corpus, tmp_path_factory.mktemp("straight"), "s", layout)
             assert launch.codes == [0, 0], launch.log
-            cache[layout] = train_records(find_run_dir(runs))
+            run_dirs[layout] = find_run_dir(runs)
+            cache[layout] = train_records(run_dirs[layout])
             assert len(_steps(cache[layout])) == 8
         return cache[layout]
 
+    get.run_dirs = run_dirs
     return get
 
 
@@ -58,7 +61,7 @@ def _latest(runs: Path) -> str:
     return (find_run_dir(runs) / "checkpoints" / "latest").read_text().strip()
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2-distopt", "dp2-distopt"])
+@pytest.mark.parametrize("layout", ["tp1", "tp2-distopt", "dp2-distopt", "pp2"])
 def test_sigkill_then_resume_is_bitwise_identical(layout, straight, tiny_corpus, tmp_path):
     killed, runs = _job(tiny_corpus, tmp_path, "k", layout, env={"SWAX_FAULT": "kill@after_save:4"})
     assert killed.codes == [-9, -9], killed.log
@@ -123,3 +126,38 @@ def test_diverging_run_skips_then_aborts_with_a_clear_message(tiny_corpus, tmp_p
     assert len(errors) == 1 and "2 consecutive steps with a NaN/Inf loss or gradient norm" \
         in errors[0] and "iter_0000002" in errors[0]
     assert not any(l.startswith("swax-train: error:") for l in launch.logs[1].splitlines())
+
+
+def test_a_tp2_checkpoint_continues_at_dp2_resharded(straight, tiny_corpus, tmp_path):
+    # Model and distributed-optimizer state written at TP=2 load at TP=1 x DP=2: the steps
+    # after the load match the uninterrupted TP=2 job to float32 round-off (not bitwise: the
+    # reductions are split differently).
+    reference = _steps(straight("tp2-distopt"))
+    source = straight.run_dirs["tp2-distopt"] / "checkpoints" / "iter_0000004"
+    launch, runs = _job(tiny_corpus, tmp_path, "r", "dp2-distopt",
+                        extra=[f"checkpoint.load={source}"])
+    assert launch.codes == [0, 0], launch.log
+    assert "at step 4" in launch.logs[0]
+    steps = _steps(train_records(find_run_dir(runs)))
+    assert [s[0] for s in steps] == [5, 6, 7, 8]
+    for got, ref in zip(steps, reference[4:]):
+        assert got[0] == ref[0] and got[3:] == ref[3:]  # step, window, lr, skipped, samples
+        assert got[1] == pytest.approx(ref[1], rel=1e-5)  # loss
+        assert got[2] == pytest.approx(ref[2], rel=1e-4)  # grad norm
+
+
+def test_time_based_saves_and_exit_after_minutes(tiny_corpus, tmp_path):
+    # A tiny checkpoint.every_minutes saves after every step; train.exit_after_minutes stops
+    # the job like a signal would (checkpoint, exit 42).
+    launch, runs = _job(tiny_corpus, tmp_path, "t", "tp1", every=1000,
+                        extra=["checkpoint.every_minutes=1e-9", "train.steps=3"])
+    assert launch.codes == [0, 0], launch.log
+    reasons = [(r["step"], r["reason"]) for r in train_records(find_run_dir(runs))
+               if r["kind"] == "checkpoint"]
+    assert reasons == [(1, "every_minutes"), (2, "every_minutes"), (3, "final")]
+    launch, runs = _job(tiny_corpus, tmp_path, "x", "tp1", every=1000,
+                        extra=["train.exit_after_minutes=1e-9"])
+    assert launch.codes == [EXIT_REQUEUE] * 2, launch.log
+    reasons = [(r["step"], r["reason"]) for r in train_records(find_run_dir(runs))
+               if r["kind"] == "checkpoint"]
+    assert reasons == [(1, "exit_after_minutes")]
