@@ -51,9 +51,10 @@ def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool, bloc
     """Heuristic tiling (no autotuning, no device query); the keyword arguments override it.
 
     The interpreter runs each program instance as numpy code, so there the fewest, largest tiles win.
-    On a GPU: 64-row inner blocks and 64-wide head-dim tiles with 8 warps. ptxas (sm_90, bf16, the
-    xLSTM-7B heads 256 x 512) reports no register spills for every kernel at that setting, while 4 warps
-    or 128-wide V tiles spill in the backward kernels."""
+    On a GPU: 64-row inner blocks, 8 warps, 64 x 64 state tiles, and for the parallel kernels 64-wide K tiles
+    and 128-wide V tiles (fewer recomputations of q k^T in the forward and dv kernels). Compiled for sm_90 /
+    sm_80 in bf16 at the xLSTM-7B heads (256 x 512), no kernel spills registers (bench/gpu_check.py --aot);
+    speed is unmeasured here: bench/gpu_check.py --sweep times alternatives."""
     L = min(chunk_size, _p2(S))  # a chunk longer than the (power-of-two rounded) sequence only adds padding
     BL = min(L, 64)
     if interpret:
@@ -61,7 +62,7 @@ def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool, bloc
         BV_S = BV = min(_p2(DV), 512)
     else:
         BK_S = BK = min(_p2(DK), 64)
-        BV_S = BV = min(_p2(DV), 64)
+        BV_S, BV = min(_p2(DV), 64), min(_p2(DV), 128)
     if block_l is not None:
         BL = min(L, block_l)
     if block_k is not None:
