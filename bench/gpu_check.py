@@ -3,8 +3,10 @@
 
     python bench/gpu_check.py                 # everything, within --budget seconds (default 285)
     python bench/gpu_check.py --only correct_bf16,own,tfla_xl
-    python bench/gpu_check.py --aot           # no GPU needed: compile the kernels for sm_90 / sm_80 and
-                                              # report registers and spills (ptxas), nothing is run
+    python bench/gpu_check.py --aot           # no GPU needed: drive the real wrapper through a compile-only
+                                              # driver for sm_90 / sm_80; ptxas registers and spills
+    python bench/gpu_check.py --smoke         # no GPU needed: this script's own code paths on CPU under
+                                              # TRITON_INTERPRET=1 with tiny shapes (timings meaningless)
 
 Each case runs in its own subprocess (a compiler abort kills only that case) and prints one JSON line;
 the parent collects them and prints a summary table, with fwd+bwd ratios against mlstm_kernels' TFLA
@@ -406,7 +408,8 @@ def aot(arches=(90, 80)) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="cases, in run order: " + ", ".join(CASES) + "; with --sweep also "
                                         + ", ".join(SWEEP))
     ap.add_argument("--only", help="comma-separated case names (see below)")
