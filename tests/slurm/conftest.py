@@ -1,0 +1,51 @@
+"""A real SLURM cluster for the session (see slurm_cluster.py), skipped with its reason where the
+Debian packages (slurm-wlm, munge) are missing or the tests do not run as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+from slurm_cluster import LocalCluster, missing_binaries
+from slurm_testing import Swax
+
+
+def _skip_reason() -> str:
+    if not sys.platform.startswith("linux"):
+        return "SLURM tests need Linux"
+    missing = missing_binaries()
+    if missing:
+        return (f"SLURM not installed (missing: {', '.join(missing)}): "
+                f"apt-get install -y slurm-wlm munge")
+    if os.geteuid() != 0:
+        return "SLURM tests start munged, slurmctld and slurmd, which needs root"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    # not under pytest's tmp folder: munged wants every folder above its socket searchable by all
+    root = tempfile.mkdtemp(prefix="swax-slurm-")
+    os.chmod(root, 0o755)
+    # 4 CPUs and 3 (fake) GPUs advertised on the 2-core machine: a 2-task job fits, and the
+    # three 1-GPU tasks of the test sweep run at once
+    c = LocalCluster(str(root), cpus=4, gpus=3,
+                     partitions=(("debug", "INFINITE"), ("short", "00:10:00")))
+    try:
+        c.up()
+        yield c
+    finally:
+        c.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def swax(cluster, tmp_path_factory):
+    return Swax(cluster, str(tmp_path_factory.mktemp("submit")))

@@ -1,0 +1,67 @@
+"""Helpers for the SLURM tests: run the CLI and the slurm/ scripts as a user does, read results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+from slurm_cluster import LocalCluster
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+class Swax:
+    """Runs the swax CLI and the slurm/ scripts the way a user does, against the test cluster."""
+
+    def __init__(self, cluster: LocalCluster, workdir: str):
+        self.cluster, self.workdir = cluster, workdir
+
+    def env(self, slurm: bool = True) -> Dict[str, str]:
+        env = self.cluster.env if slurm else {k: v for k, v in os.environ.items()
+                                              if not k.startswith("SLURM_")}
+        # the interpreter the jobs use: this one, unless the caller names another
+        env["SWAX_PYTHON"] = os.environ.get("SWAX_PYTHON", sys.executable)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env.pop("SWAX_LOCAL", None)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "swax_megatron.cli", *args], cwd=self.workdir,
+                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def script(self, name: str, *args: str, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", os.path.join(REPO, "slurm", name), *args], cwd=self.workdir,
+                              env=env or self.env(slurm=False), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def sbatch(self, *args: str) -> str:
+        p = self.cluster.run("sbatch", "--parsable", *args, env=self.env(), cwd=self.workdir)
+        return p.stdout.strip().split(";")[0]
+
+    def submit(self, *args: str) -> str:
+        p = self.cli(*args)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip().splitlines()[-1]
+
+
+def job_log(cluster: LocalCluster, jobid: str) -> str:
+    path = cluster.job(jobid).get("StdOut", "")
+    return open(path, errors="replace").read() if path and os.path.exists(path) else ""
+
+
+def all_logs(paths: List[str]) -> str:
+    return "\n".join(f"--- {p}\n" + open(p, errors="replace").read() for p in paths if os.path.exists(p))
+
+
+def train_losses(run_dir: str) -> Dict[int, float]:
+    """step -> training loss from the run's metrics.jsonl (floats are written exactly)."""
+    out = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("kind") == "train":
+                out[rec["step"]] = rec["loss"]
+    return out

@@ -1,0 +1,100 @@
+"""sbatch options from recipes and the parsing of what sinfo reports (no cluster needed)."""
+
+import pytest
+
+from swax_megatron.config.resolve import resolve
+from swax_megatron.launch.errors import LaunchError
+from swax_megatron.launch.partitions import gpus_in_gres, minutes, parse_sinfo
+from swax_megatron.launch.sbatch import array_spec, check_fits, pick_partition, sbatch_options
+
+RECIPE = "recipes/tiny/swax.yaml"
+
+
+def slurm_of(*overrides):
+    return resolve(RECIPE, list(overrides)).recipe.slurm
+
+
+@pytest.mark.parametrize("gres,gpus", [
+    ("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4), ("gpu:2,nvme:1", 2),
+    ("nvme:1,gpu:h100:8(S:0-1),gpu:a100:2", 10), ("gpu:tesla:4(IDX:0-3)", 4), ("mps:100", 0),
+])
+def test_gpus_in_gres(gres, gpus):
+    assert gpus_in_gres(gres) == gpus
+
+
+@pytest.mark.parametrize("text,value", [
+    ("30", 30), ("30:30", 30.5), ("01:30:00", 90), ("2-00", 2880), ("1-02:03", 1563),
+    ("1-00:00:30", 1440.5), ("infinite", None), ("UNLIMITED", None),
+])
+def test_minutes(text, value):
+    assert minutes(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "1h", "1:2:3:4", "-5", "a-01:00"])
+def test_minutes_rejects(text):
+    with pytest.raises(ValueError):
+        minutes(text)
+
+
+SINFO = """debug*|up|3|64|gpu:a100:8(S:0-1)|2-00:00:00
+debug*|up|1|128|gpu:a100:4|2-00:00:00
+cpu|up|10|32|(null)|infinite
+maint|down|2|16|(null)|1:00:00
+"""
+
+
+def test_parse_sinfo_merges_node_kinds():
+    parts = parse_sinfo(SINFO)
+    assert sorted(parts) == ["cpu", "debug", "maint"]
+    d = parts["debug"]
+    assert (d.default, d.available, d.nodes, d.cpus_per_node, d.gpus_per_node, d.max_minutes) == \
+        (True, True, 4, 128, 8, 2880)
+    assert parts["cpu"].gpus_per_node == 0 and parts["cpu"].max_minutes is None
+    assert not parts["maint"].available and not parts["maint"].default
+
+
+def test_fit_checks_name_the_field_and_the_limit():
+    parts = parse_sinfo(SINFO)
+    assert pick_partition(slurm_of(), parts).name == "debug"  # the default one
+    check_fits(slurm_of("slurm.gpus_per_node=8", "train.global_batch_size=32",
+                        "slurm.cpus_per_task=16"), parts["debug"])
+    cases = [
+        (("slurm.partition=gpu",), "partition `gpu` does not exist on this cluster"),
+        (("slurm.partition=cpus",), "did you mean `cpu`"),
+        (("slurm.nodes=5", "train.global_batch_size=40"), "slurm.nodes=5, but partition `debug` has 4 nodes"),
+        (("slurm.gpus_per_node=16", "train.global_batch_size=64"),
+         "slurm.gpus_per_node=16, but the nodes of partition `debug` have at most 8 GPUs"),
+        (("slurm.cpus_per_task=80",), "= 160 CPUs per node, but the nodes of partition `debug` have at most 128"),
+        (("slurm.time=3-00:00:00",), "exceeds the time limit of partition `debug` (2880 minutes)"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(LaunchError) as e:
+            s = slurm_of(*overrides)
+            check_fits(s, pick_partition(s, parts))
+        assert message in str(e.value), (overrides, str(e.value))
+        assert "\n" not in str(e.value)
+    # a CPU partition: processes per node are bounded by its CPUs only
+    check_fits(slurm_of("slurm.partition=cpu", "slurm.gpus_per_node=16", "train.global_batch_size=64",
+                        "slurm.cpus_per_task=2"), parts["cpu"])
+
+
+def test_options_follow_the_recipe_and_launcher():
+    s = slurm_of("slurm.account=proj", "slurm.partition=cpu", "slurm.extra_args=[--qos=high]")
+    assert sbatch_options(s, "tiny-swax", "/o/%x_%j.out", gpus=True) == [
+        "--job-name=tiny-swax", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+        "--gpus-per-node=2", "--time=00:30:00", "--partition=cpu", "--account=proj",
+        "--signal=B:USR1@300", "--requeue", "--open-mode=append", "--output=/o/%x_%j.out",
+        "--qos=high"]
+    t = slurm_of("slurm.launcher=torchrun", "slurm.cpus_per_task=4", "slurm.job_name=j",
+                 "slurm.signal_seconds=0")
+    opts = sbatch_options(t, "tiny-swax", "o", gpus=False)
+    assert opts[:4] == ["--job-name=j", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=8"]
+    assert not any(o.startswith(("--gpus", "--signal")) for o in opts)
+    with pytest.raises(LaunchError, match="slurm.time: `2 days` is not a SLURM time"):
+        sbatch_options(slurm_of("slurm.time=2 days"), "x", "o", gpus=True)
+
+
+def test_array_spec():
+    assert array_spec([0, 1, 2], 2) == "0-2%2"
+    assert array_spec([2, 0, 5, 6, 7, 9], None) == "0,2,5-7,9"
+    assert array_spec([4], 1) == "4%1"
