@@ -219,13 +219,13 @@ if [ -n "$SLURM_DIR" ] && command -v git >/dev/null 2>&1; then
   sha=$(git -C "$SLURM_DIR" rev-parse --short HEAD 2>/dev/null) && log "code at git $sha"
 fi
 
-if [ $mode = local ]; then
+if [ -n "$stop_requested" ]; then
+  rc=$SWAX_REQUEUE_EXIT  # a stop before the ranks started: nothing to save, requeue at once
+  echo "$rc" > "$SWAX_EXIT_FILE"
+elif [ $mode = local ]; then
   trap - USR1 TERM
   swax_node_torchrun --standalone --nnodes=1 --nproc-per-node="$SWAX_WORLD_SIZE" -- "${SWAX_TRAIN_ARGS[@]}"
   rc=$?
-elif [ -n "$stop_requested" ]; then
-  rc=$SWAX_REQUEUE_EXIT  # a stop before the ranks started: nothing to save, requeue at once
-  echo "$rc" > "$SWAX_EXIT_FILE"
 else
   "${cmd[@]}" &
   child=$!

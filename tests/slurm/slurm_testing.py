@@ -47,21 +47,11 @@ class Swax:
         return p.stdout.strip().splitlines()[-1]
 
 
-def job_log(cluster: LocalCluster, jobid: str) -> str:
-    path = cluster.job(jobid).get("StdOut", "")
-    return open(path, errors="replace").read() if path and os.path.exists(path) else ""
-
-
-def all_logs(paths: List[str]) -> str:
-    return "\n".join(f"--- {p}\n" + open(p, errors="replace").read() for p in paths if os.path.exists(p))
+def records(run_dir: str) -> List[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def train_losses(run_dir: str) -> Dict[int, float]:
     """step -> training loss from the run's metrics.jsonl (floats are written exactly)."""
-    out = {}
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "train":
-                out[rec["step"]] = rec["loss"]
-    return out
+    return {r["step"]: r["loss"] for r in records(run_dir) if r.get("kind") == "train"}
