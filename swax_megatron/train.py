@@ -94,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         distributed.init_model_parallel(recipe.parallel.tensor_model_parallel_size,
                                         recipe.parallel.pipeline_model_parallel_size,
                                         recipe.run.seed)
-        return loop.run(resolved, argv)
+        return loop.run(resolved)
     except bad_input as e:
         # Every rank meets the same bad input: rank 0 says it once.
         return _error(str(e)) if env.rank == 0 else EXIT_BAD_INPUT

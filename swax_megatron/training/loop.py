@@ -1,17 +1,15 @@
 """The pretraining run: set-up, auto-resume, the step loop, checkpoints, stop requests, summary.
 
-    code = run(resolve("recipes/tiny/swax.yaml", ["train.steps=50"]), argv)
+    code = run(resolve("recipes/tiny/swax.yaml", ["train.steps=50"]))
 
 Every rank runs the same code and takes every decision from the same numbers: the window and LR
 are functions of the step, and whatever differs between ranks (a signal received, wall-clock
-time) is agreed on through the step's one all-reduce before anyone acts on it.
+time) is agreed on through one small all-reduce at each step boundary before anyone acts on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +77,7 @@ def _check_resume_compatible(common: Dict[str, Any], path: Path, window: WindowS
     return problems
 
 
-def run(resolved, argv=()) -> int:
+def run(resolved) -> int:
     """Train `resolved` (config.resolve.Resolved) in an initialised process group; returns the
     exit code (signals.EXIT_*)."""
     from megatron.core import parallel_state as ps
@@ -148,8 +146,8 @@ def run(resolved, argv=()) -> int:
              "recipe_yaml": resolved.to_yaml(), "config_hash": resolved.config_hash,
              "use_distributed_optimizer": recipe.parallel.use_distributed_optimizer}
 
-    log = RunLogger(run_dir, total_steps=tr.steps, start_step=state.step) if rank == 0 \
-        else NullLogger()
+    log = RunLogger(run_dir, total_steps=tr.steps, start_step=state.step,
+                    log_every=tr.log_every) if rank == 0 else NullLogger()
     log.message(f"{resolved.run_name}: {recipe.model.layer_pattern} hidden "
                 f"{recipe.model.hidden_size}, seq {tr.seq_length}, global batch {gbs}, "
                 f"{world} process(es) (tp {ps.get_tensor_model_parallel_world_size()}, pp "
@@ -182,7 +180,7 @@ def run(resolved, argv=()) -> int:
     stop = StopRequest()
     last_save_time = time.monotonic()
     last_saved_step = state.step if resume_path is not None and strict else None
-    val_loss, exit_code, job_tokens, job_train_time = None, EXIT_OK, 0, 0.0
+    val_loss, exit_code, job_tokens, job_flops, job_train_time = None, EXIT_OK, 0, 0.0, 0.0
     last_path = resume_path
     try:
         while state.step < tr.steps:
@@ -206,6 +204,7 @@ def run(resolved, argv=()) -> int:
             step = state.step
             tps = tokens_per_step / dt
             fpt = train_flops_per_token(dims, tr.seq_length, w)
+            job_flops += fpt * tokens_per_step
             record = {"step": step, "loss": res.loss, "lr": lr, "window": w,
                       "grad_norm": res.grad_norm, "tokens_per_s": tps, "step_time_s": dt,
                       "skipped": not res.updated, "consumed_samples": state.consumed_samples,
@@ -279,8 +278,8 @@ def run(resolved, argv=()) -> int:
             train_counts = token_counts(datasets.train, range(min(n_train, 4096)), vocab)
             baselines = {"unigram_entropy_valid": entropy(valid_counts),
                          "unigram_xent_train": cross_entropy(valid_counts, train_counts)}
-        fpt_eval = train_flops_per_token(dims, tr.seq_length, eval_window)
         tps = job_tokens / job_train_time if job_train_time > 0 else None
+        fpt = job_flops / job_tokens if job_tokens else None  # mean over this job's windows
         summary = {
             "run_dir": str(run_dir), "config_hash": resolved.config_hash, "steps": state.step,
             "skipped_steps": state.skipped_steps,
@@ -288,8 +287,8 @@ def run(resolved, argv=()) -> int:
             "val_loss": val_loss, "val_ppl": None if val_loss is None else perplexity(val_loss),
             "eval_window": eval_window, **baselines,
             "tokens_per_s": tps, "world_size": world,
-            "train_flops_per_token": fpt_eval,
-            "mfu": None if tps is None else mfu(tps, fpt_eval, world, device_name, dtype),
+            "train_flops_per_token": fpt,
+            "mfu": None if tps is None else mfu(tps, fpt, world, device_name, dtype),
             "wall_seconds": time.monotonic() - t_job,
             "checkpoint": str(last_path) if last_path else None,
             "device": device_name or "cpu", "dtype": dtype,

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -51,8 +52,12 @@ class NullLogger:
 
 
 class RunLogger:
+    """progress: "bar" (tqdm), "lines" (a plain line every `log_every` steps, what a batch
+    job's log file wants), "auto" (bar on a terminal, else lines) or None."""
+
     def __init__(self, run_dir: str | os.PathLike, *, total_steps: int, start_step: int,
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: Optional[str] = "auto", log_every: int = 1,
+                 tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         # Keep only what the resumed state has seen (a fresh run keeps nothing).
@@ -69,7 +74,10 @@ class RunLogger:
             except ImportError:  # tensorboard not installed: JSONL only
                 self.tb = None
         self.bar = None
-        if progress:
+        self.total, self.log_every = total_steps, max(1, log_every)
+        self.lines = progress == "lines" or (progress == "auto" and not sys.stderr.isatty())
+        self._t0, self._step0 = time.monotonic(), start_step
+        if progress in ("bar", "auto") and not self.lines:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr,
@@ -93,6 +101,12 @@ class RunLogger:
             self.bar.set_postfix_str(
                 f"loss={record['loss']:.4f} lr={record['lr']:.2e} w={record['window']} "
                 f"tok/s={record['tokens_per_s']:.0f}", refresh=False)
+        elif self.lines and (step % self.log_every == 0 or step == self.total):
+            rate = (step - self._step0) / max(1e-9, time.monotonic() - self._t0)
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            self.message(f"step {step}/{self.total} | loss {record['loss']:.4f} | lr "
+                         f"{record['lr']:.2e} | window {record['window']} | "
+                         f"{record['tokens_per_s']:,.0f} tok/s | ETA {_hms(eta)}")
 
     def eval(self, record: Dict[str, Any]) -> None:
         self._write({"kind": "eval", **record})
@@ -120,6 +134,14 @@ class RunLogger:
             self.tb.close()
             self.tb = None
         self._file.close()
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike,

@@ -2,7 +2,6 @@
 real model's weight shapes, MFU arithmetic."""
 
 import pytest
-import torch
 
 from dist import run_distributed
 from swax_megatron.training.flops import (ModelDims, attention_flops, forward_flops_per_token,

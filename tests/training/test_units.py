@@ -73,7 +73,7 @@ def test_metrics_resume_drops_records_past_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 7)]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st')
-    log = RunLogger(tmp_path, total_steps=10, start_step=4, progress=False, tensorboard=False)
+    log = RunLogger(tmp_path, total_steps=10, start_step=4, progress=None, tensorboard=False)
     log.train({"step": 5, "loss": float("nan"), "lr": 0.1, "window": 8, "tokens_per_s": 1.0})
     log.close()
     records = read_metrics(path)
