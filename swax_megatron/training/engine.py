@@ -126,6 +126,10 @@ class StepResult:
     loss: float
     grad_norm: Optional[float]
     updated: bool
+    # Why the update was skipped: "nonfinite" (NaN/Inf loss or grad norm: counts towards
+    # train.max_consecutive_nonfinite) or "overflow" (fp16 loss-scale overflow with a finite
+    # loss: the scaler backs off, as Megatron does; not a sign of divergence).
+    skip_reason: Optional[str] = None
 
 
 def set_lr(optimizer, lr: float, weight_decay: float) -> None:
@@ -163,7 +167,8 @@ def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: floa
     if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
         e.optimizer.zero_grad()
         e.ddp.zero_grad_buffer()
-        return StepResult(loss, grad_norm, False)
+        reason = "overflow" if found_inf and math.isfinite(loss) else "nonfinite"
+        return StepResult(loss, grad_norm, False, reason)
     _clip(e.optimizer, grad_norm)
     e.optimizer.step_with_ready_grads()
     return StepResult(loss, grad_norm, True)

@@ -200,7 +200,8 @@ def run(resolved) -> int:
                 state.consecutive_nonfinite = 0
             else:
                 state.skipped_steps += 1
-                state.consecutive_nonfinite += 1
+                if res.skip_reason == "nonfinite":
+                    state.consecutive_nonfinite += 1
             step = state.step
             tps = tokens_per_step / dt
             fpt = train_flops_per_token(dims, tr.seq_length, w)
@@ -210,7 +211,9 @@ def run(resolved) -> int:
                       "skipped": not res.updated, "consumed_samples": state.consumed_samples,
                       "flops_per_token": fpt, "mfu": mfu(tps, fpt, world, device_name, dtype)}
             log.train(record)
-            if not res.updated:
+            if res.skip_reason == "overflow":
+                log.message(f"step {step}: fp16 loss-scale overflow: update skipped")
+            elif not res.updated:
                 log.message(f"step {step}: NaN/Inf (loss {res.loss}, grad norm {res.grad_norm}):"
                             f" update skipped ({state.consecutive_nonfinite} in a row)")
                 if state.consecutive_nonfinite >= tr.max_consecutive_nonfinite:

@@ -76,6 +76,7 @@ def _nan_steps(rank, extra):
     good = step(3)
     return {"first": first.updated, "nan": (nan_loss.updated, nan_loss.loss),
             "inf": (inf_grad.updated, inf_grad.loss, inf_grad.grad_norm),
+            "reasons": (first.skip_reason, nan_loss.skip_reason, inf_grad.skip_reason),
             "unchanged_nan": _same(before, after_nan), "unchanged_inf": _same(before, after_inf),
             "good": good.updated, "changed_after": not _same(before, _snapshot(e)),
             "good_loss": good.loss}
@@ -92,6 +93,7 @@ def test_nonfinite_loss_or_grad_norm_skips_the_update(tp, extra):
         assert r["nan"][0] is False and math.isnan(r["nan"][1])
         assert r["inf"][0] is False and math.isfinite(r["inf"][1]) and not math.isfinite(r["inf"][2])
         assert r["unchanged_nan"] and r["unchanged_inf"]  # weights and Adam state untouched
+        assert r["reasons"] == (None, "nonfinite", "nonfinite")
         assert math.isfinite(r["good_loss"])
     assert out[0]["good_loss"] == out[1]["good_loss"]  # every rank agrees on the loss
 
