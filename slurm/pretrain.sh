@@ -96,8 +96,8 @@ env_text=$("$PY" "${jobenv[@]}" "$recipe" "$@") || die 2 "recipe $recipe did not
 eval "$env_text"
 export SWAX_REQUEUE_EXIT
 
-if [ -e "$SWAX_RUN_DIR/DONE" ]; then
-  log "$SWAX_RUN_DIR is done (DONE marker): nothing to do"
+if [ "$SWAX_DONE" = 1 ]; then
+  log "$SWAX_RUN_DIR is done: nothing to do"
   exit 0
 fi
 mkdir -p "$SWAX_RUN_DIR" || die 1 "cannot create the run directory $SWAX_RUN_DIR"
@@ -238,6 +238,9 @@ else
   [ -n "$resender" ] && kill "$resender" 2>/dev/null
 fi
 
+if [ -f "$SWAX_RUN_DIR/exit.json" ]; then
+  log "trainer: $(tr -d '\n' < "$SWAX_RUN_DIR/exit.json" | tr -s ' ')"
+fi
 if [ "$rc" = 0 ] && [ "$(cat "$SWAX_EXIT_FILE" 2>/dev/null)" = "$SWAX_REQUEUE_EXIT" ]; then
   rc=$SWAX_REQUEUE_EXIT
 fi

@@ -1,8 +1,8 @@
 """What slurm/pretrain.sh needs to know about a recipe, as shell assignments it can `eval`.
 
 One Python call resolves and validates the recipe (a typo fails here, before any GPU is touched)
-and answers everything the script asks: run directory, world size and its layout, launcher, site
-profile, the trainer's requeue exit code and the trainer's arguments.
+and answers everything the script asks: run directory (and whether it is done), world size and
+its layout, launcher, site profile, the trainer's requeue exit code and the trainer's arguments.
 
 A sweep entry is trained as `python -m swax_megatron.train RECIPE [overrides] --sweep-index I`,
 so the trainer resolves the same entry (same hash, same run directory) as printed here.
@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from ..config.resolve import resolve
 from ..training.signals import EXIT_REQUEUE
+from .sbatch import is_done
 
 
 def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[int] = None) -> str:
@@ -32,6 +33,7 @@ def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[in
         "SWAX_RECIPE_LAUNCHER": s.launcher,
         "SWAX_RECIPE_SITE": s.site,
         "SWAX_REQUEUE_EXIT": EXIT_REQUEUE,
+        "SWAX_DONE": int(is_done(r.run_dir)),
     }
     lines = [f"{k}={shlex.quote(str(v))}" for k, v in values.items()]
     lines.append("SWAX_TRAIN_ARGS=(" + " ".join(shlex.quote(a) for a in [recipe, *args]) + ")")

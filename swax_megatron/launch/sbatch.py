@@ -16,6 +16,7 @@ partition G is the number of processes per node.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -42,7 +43,15 @@ def default_script(name: str) -> str:
 
 
 def is_done(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, DONE_MARKER))
+    """The run finished: slurm/pretrain.sh wrote DONE, or the trainer's exit.json says "done"
+    (a run trained without the script)."""
+    if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+        return True
+    try:
+        with open(os.path.join(run_dir, "exit.json")) as f:
+            return json.load(f).get("reason") == "done"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def tasks_per_node(s: SlurmConfig) -> int:

@@ -108,7 +108,7 @@ def test_local_mode_runs_the_same_recipe(swax, cache, reference, tmp_path):
     assert train_losses(run_dir) == train_losses(reference[3])
     # a finished run is not started again
     p = swax.script("pretrain.sh", RECIPE, *args)
-    assert p.returncode == 0 and "is done (DONE marker): nothing to do" in p.stdout
+    assert p.returncode == 0 and "is done: nothing to do" in p.stdout
 
 
 def test_sweep_array_job_and_resubmission(swax, cluster, cache, tmp_path):
@@ -136,13 +136,14 @@ def test_sweep_array_job_and_resubmission(swax, cluster, cache, tmp_path):
     again = swax.sbatch("--array=0-2", *opts, os.path.join(REPO, "slurm", "sweep.sh"), SWEEP, *args)
     infos, log = finished(cluster, again, timeout=120)
     assert {i["JobState"] for i in infos} == {"COMPLETED"}, log
-    assert log.count("is done (DONE marker): nothing to do") == 3, log
+    assert log.count("is done: nothing to do") == 3, log
     assert mtimes == [os.path.getmtime(os.path.join(d, "metrics.jsonl")) for d in run_dirs]
 
     # `swax sweep submit` leaves done entries out, and submits nothing when all are done
     p = swax.cli("sweep", "submit", SWEEP, *args)
     assert p.returncode == 0 and p.stdout == "" and "nothing to submit" in p.stderr, p.stderr
-    os.remove(os.path.join(run_dirs[1], "DONE"))
+    for name in ("DONE", "exit.json"):  # entry 1 as if it had been interrupted
+        os.remove(os.path.join(run_dirs[1], name))
     p = swax.cli("sweep", "submit", SWEEP, *args, "--parallel", "2", "--dry-run")
     assert p.returncode == 0 and " --array=1%1 " in p.stdout, p.stdout
     assert "2 of 3 entries already done (skipped): 0, 2" in p.stderr

@@ -1,13 +1,16 @@
 """sbatch options from recipes and the parsing of what sinfo reports (no cluster needed)."""
 
+import os
+
 import pytest
 
 from swax_megatron.config.resolve import resolve
 from swax_megatron.launch.errors import LaunchError
 from swax_megatron.launch.partitions import gpus_in_gres, minutes, parse_sinfo
-from swax_megatron.launch.sbatch import array_spec, check_fits, pick_partition, sbatch_options
+from swax_megatron.launch.sbatch import (array_spec, check_fits, is_done, pick_partition,
+                                         sbatch_options)
 
-RECIPE = "recipes/tiny/swax.yaml"
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "tiny", "swax.yaml")
 
 
 def slurm_of(*overrides):
@@ -98,3 +101,16 @@ def test_array_spec():
     assert array_spec([0, 1, 2], 2) == "0-2%2"
     assert array_spec([2, 0, 5, 6, 7, 9], None) == "0,2,5-7,9"
     assert array_spec([4], 1) == "4%1"
+
+
+def test_is_done(tmp_path):
+    assert not is_done(str(tmp_path / "missing"))
+    (tmp_path / "exit.json").write_text('{"code": 42, "step": 7, "reason": "signal"}')
+    assert not is_done(str(tmp_path))
+    (tmp_path / "exit.json").write_text('{"code": 0, "step')  # cut short
+    assert not is_done(str(tmp_path))
+    (tmp_path / "exit.json").write_text('{"code": 0, "step": 9, "reason": "done"}')
+    assert is_done(str(tmp_path))
+    (tmp_path / "exit.json").unlink()
+    (tmp_path / "DONE").write_text("finished\n")
+    assert is_done(str(tmp_path))
