@@ -189,20 +189,32 @@ def main(argv=None) -> int:
 def write_results(rows, ratios, argv) -> None:
     path = REPO / "bench" / "RESULTS.md"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         "", f"## Training throughput on CPU ({now})", "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{rows[0]['threads']} thread(s).  ",
+        f"{rows[0]['threads']} thread(s); load average {load} (shared machine: min over "
+        f"interleaved repeats).  ",
         f"Command: `python bench/train_cpu.py {' '.join(argv)}`.  ",
-        "One training step (fwd + bwd + AdamW through megatron DDP), fp32, one process, "
-        f"{TOKENS_PER_STEP} tokens/step; min over repeats, interleaved.", "",
+        "One training step (fwd + bwd + grad clip + AdamW through megatron DDP), fp32, one "
+        f"process, {TOKENS_PER_STEP} tokens per step, random tokens, vocabulary {VOCAB}.", "",
+        "SWAX (XS*2, hidden 128) against its full-attention twin (G*4, MLP width set for the same "
+        "parameter count):", "",
         "| model | seq | window | params | step s (min) | step s (median) | tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['seq']} | {r['window'] or 'full'} | "
-                     f"{r.get('params', '')} | {r['step_s_min']:.3f} | {r['step_s_median']:.3f} | "
-                     f"{r['tokens_per_s']:.0f} |")
+        if r["bench"] == "train_step":
+            lines.append(f"| {r['model']} | {r['seq']} | {r['window'] or 'full'} | "
+                         f"{r['params']:,} | {r['step_s_min']:.3f} | {r['step_s_median']:.3f} | "
+                         f"{r['tokens_per_s']:,.0f} |")
+    lines += ["", "SWAX step time as the window changes:", "",
+              "| seq | window | step s (min) | step s (median) | tokens/s |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if r["bench"] == "step_vs_window":
+            lines.append(f"| {r['seq']} | {r['window']} | {r['step_s_min']:.3f} | "
+                         f"{r['step_s_median']:.3f} | {r['tokens_per_s']:,.0f} |")
     lines += ["", "| ratio | seq | value |", "|---|---|---|"]
     lines += [f"| {r['ratio']} | {r['seq']} | {r['value']:.2f} |" for r in ratios]
     text = "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ SWAX (pattern XS, hidden 64, seq 128) over a small real corpus; 8 steps, checkpo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,28 @@ def straight(tiny_corpus, tmp_path_factory):
         if layout not in cache:
             launch, runs = _job(tiny_corpus, tmp_path_factory.mktemp("straight"), "s", layout)
             assert launch.codes == [0, 0], launch.log
-            run_dirs[layout] = find_run_dir(runs)
-            cache[layout] = train_records(run_dirs[layout])
+            run_dirs[layout] = run_dir = find_run_dir(runs)
+            cache[layout] = train_records(run_dir)
             assert len(_steps(cache[layout])) == 8
+            _check_artifacts(run_dir, cache[layout])
         return cache[layout]
 
     get.run_dirs = run_dirs
     return get
+
+
+def _check_artifacts(run_dir: Path, records) -> None:
+    """What a finished run leaves behind for the researcher."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    assert summary["steps"] == 8 and last_eval["step"] == 8
+    assert summary["val_loss"] == last_eval["val_loss"]
+    assert summary["checkpoint"].endswith("iter_0000008")
+    assert 0 < summary["unigram_entropy_valid"] < summary["unigram_xent_train"]
+    assert json.loads((run_dir / "exit.json").read_text())["code"] == 0
+    assert (run_dir / "resolved.yaml").read_text().startswith("# config_hash: ")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _latest(runs: Path) -> str:
