@@ -8,9 +8,13 @@ on CPU a float add is ~10x cheaper than masked_fill with a broadcast bool mask).
 is about W + Bq scores instead of S. Grouped-query heads are stacked as extra rows of a tile, so
 keys are never repeated.
 
-The backward is written by hand (softmax-attention backward on the saved probabilities); it
-folds the tile gradients back onto the key blocks with P+1 shifted in-place adds, which autograd
-of the overlapping tiles would do with full-size zero-filled copies.
+Blocks are processed in segments whose score tensors stay around SEGMENT_BYTES: time then grows
+linearly in S (one big [S, T] allocation per call is fresh mmap'ed memory for glibc, whose page
+faults made S=8192 cost 2.4x S=4096), and the working set stays cache-sized.
+
+Tiles are built per segment from shifted views of the key blocks (no padded copy of k and v);
+the backward is written by hand (softmax-attention backward on the saved probabilities) and
+folds tile gradients back onto the key blocks with P+1 shifted in-place adds.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from ._common import check_inputs, compute_dtype
 
 DEFAULT_BLOCK = 64
+SEGMENT_BYTES = 4 << 20
 
 
 def _tile_biases(NB: int, Bq: int, P: int, W: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,72 +42,118 @@ def _tile_biases(NB: int, Bq: int, P: int, W: int, dtype, device) -> tuple[torch
     return band, front
 
 
-def _tiles(x: torch.Tensor, NB: int, Bq: int, P: int, tail: int) -> torch.Tensor:
-    """[B, H, S, D] -> [B*H*NB, (P+1)*Bq, D]: tile n = key blocks n-P .. n (zeros before the start)."""
-    B, H, _, D = x.shape
-    xb = F.pad(x, (0, 0, P * Bq, tail)).reshape(B, H, P + NB, Bq, D)
-    return torch.cat([xb[:, :, j:j + NB] for j in range(P + 1)], dim=3).view(B * H * NB, (P + 1) * Bq, D)
-
-
-def _fold_tiles(dt: torch.Tensor, B: int, H: int, NB: int, Bq: int, P: int, S: int) -> torch.Tensor:
-    """Adjoint of _tiles: [B*H*NB, (P+1)*Bq, D] -> [B, H, S, D], summing the overlaps."""
-    D = dt.shape[-1]
-    dt = dt.view(B, H, NB, P + 1, Bq, D)
-    out = torch.zeros(B, H, P + NB, Bq, D, dtype=dt.dtype, device=dt.device)
-    for j in range(P + 1):
-        out[:, :, j:j + NB].add_(dt[:, :, :, j])
-    return out.view(B, H, (P + NB) * Bq, D)[:, :, P * Bq:P * Bq + S]
-
-
-def _rows(x: torch.Tensor, Hkv: int, NB: int, Bq: int, tail: int) -> torch.Tensor:
-    """Queries [B, Hkv*G, S, D] -> [B*Hkv*NB, G*Bq, D]: the G query heads of a kv head stacked per block."""
-    B, Hq, _, D = x.shape
+def _rows(x: torch.Tensor, Hkv: int, Bq: int, tail: int) -> torch.Tensor:
+    """Queries [B, Hkv*G, S, D] -> [B*Hkv, NB, G*Bq, D]: the G query heads of a kv head stacked per block."""
+    B, Hq, S, D = x.shape
     G = Hq // Hkv
-    x = F.pad(x, (0, 0, 0, tail)).reshape(B, Hkv, G, NB, Bq, D)
-    return x.transpose(2, 3).reshape(B * Hkv * NB, G * Bq, D)
+    if tail:
+        x = F.pad(x, (0, 0, 0, tail))
+    x = x.reshape(B, Hkv, G, -1, Bq, D)
+    return x.transpose(2, 3).reshape(B * Hkv, -1, G * Bq, D)  # a view when G == 1 and x is contiguous
 
 
-def _unrows(x: torch.Tensor, B: int, Hkv: int, NB: int, Bq: int, S: int) -> torch.Tensor:
-    """Adjoint layout of _rows: [B*Hkv*NB, G*Bq, D] -> [B, Hq, S, D]."""
-    G, D = x.shape[1] // Bq, x.shape[-1]
-    x = x.view(B, Hkv, NB, G, Bq, D).transpose(2, 3)
-    return x.reshape(B, Hkv * G, NB * Bq, D)[:, :, :S]
+def _unrows(x: torch.Tensor, B: int, Bq: int, S: int) -> torch.Tensor:
+    """Inverse of _rows: [B*Hkv, NB, G*Bq, D] -> [B, Hq, S, D]."""
+    X, NB, GB, D = x.shape
+    G = GB // Bq
+    x = x.view(B, X // B, NB, G, Bq, D).transpose(2, 3)
+    return x.reshape(B, -1, NB * Bq, D)[:, :, :S]
+
+
+def _blocks(x: torch.Tensor, Bq: int, tail: int) -> torch.Tensor:
+    """Keys/values [B, Hkv, S, D] -> [B*Hkv, NB, Bq, D] (a view unless the tail must be padded)."""
+    B, H, _, D = x.shape
+    if tail:
+        x = F.pad(x, (0, 0, 0, tail))
+    return x.reshape(B * H, -1, Bq, D)
+
+
+def _shifted(n0: int, n1: int, P: int, j: int) -> tuple[int, int, int]:
+    """Tile slot j of query blocks n0..n1-1 holds key blocks n0-P+j .. n1-1-P+j; blocks before 0 are
+    zeros. Returns (first key block, end key block, how many leading slots are zeros)."""
+    a, b = n0 - P + j, n1 - P + j
+    return max(a, 0), max(b, 0), min(max(-a, 0), n1 - n0)
+
+
+def _tiles(xb: torch.Tensor, n0: int, n1: int, P: int) -> torch.Tensor:
+    """Tiles of query blocks n0..n1-1: [X*(n1-n0), (P+1)*Bq, D] (tile n = key blocks n-P .. n)."""
+    X, _, Bq, D = xb.shape
+    slots = []
+    for j in range(P + 1):
+        a, b, z = _shifted(n0, n1, P, j)
+        part = xb[:, a:b]
+        if z:
+            part = torch.cat([xb.new_zeros(X, z, Bq, D), part], dim=1)
+        slots.append(part)
+    return torch.cat(slots, dim=2).view(-1, (P + 1) * Bq, D)
+
+
+def _fold_tiles_(dxb: torch.Tensor, dt: torch.Tensor, n0: int, n1: int, P: int) -> None:
+    """Adjoint of _tiles, accumulated into dxb [X, NB, Bq, D]; dt is [X*(n1-n0), (P+1)*Bq, D]."""
+    X, _, Bq, D = dxb.shape
+    dt = dt.view(X, n1 - n0, P + 1, Bq, D)
+    for j in range(P + 1):
+        a, b, z = _shifted(n0, n1, P, j)
+        if b > a:
+            dxb[:, a:b].add_(dt[:, z:, j])
 
 
 class _SWAChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, W, scale, Bq):
         B, Hq, S, _ = q.shape
-        Hkv = k.shape[1]
+        Hkv, Dv = k.shape[1], v.shape[-1]
         tail = (-S) % Bq
         NB = (S + tail) // Bq
         P = -(-(W - 1) // Bq)
         T = (P + 1) * Bq
-        qt = _rows(q * scale, Hkv, NB, Bq, tail)
-        kt = _tiles(k, NB, Bq, P, tail)
-        vt = _tiles(v, NB, Bq, P, tail)
+        qr = _rows(q, Hkv, Bq, tail)  # [X, NB, G*Bq, D]
+        X, _, GB, _ = qr.shape
+        kb, vb = _blocks(k, Bq, tail), _blocks(v, Bq, tail)
         band, front = _tile_biases(NB, Bq, P, W, q.dtype, q.device)
-        scores = torch.bmm(qt, kt.transpose(1, 2))
-        s5 = scores.view(B * Hkv, NB, -1, Bq, T).add_(band)
-        if P:
-            s5[:, :P].add_(front)
-        p = torch.softmax(scores, dim=-1)
-        del scores, s5
-        o = torch.bmm(p, vt)
-        ctx.save_for_backward(qt, kt, vt, p, o)
-        ctx.dims = (B, Hkv, S, NB, Bq, P, tail, scale)
-        return _unrows(o, B, Hkv, NB, Bq, S)
+        band = band.repeat(GB // Bq, 1)  # rows of a tile are (query head, row in block)
+        per_block = X * GB * T * q.element_size()
+        step = max(1, SEGMENT_BYTES // per_block)
+        segs = [(n0, min(NB, n0 + step)) for n0 in range(0, NB, step)]
+        out = torch.empty(X, NB, GB, Dv, dtype=q.dtype, device=q.device)
+        probs = []
+        for n0, n1 in segs:
+            ns = n1 - n0
+            # scale * q k^T + band mask in one call
+            scores = torch.baddbmm(band, qr[:, n0:n1].reshape(X * ns, GB, -1), _tiles(kb, n0, n1, P).transpose(1, 2),
+                                   alpha=scale)
+            if n0 < P:
+                scores.view(X, ns, -1, Bq, T)[:, :P - n0].add_(front[n0:min(P, n1)])
+            p = torch.softmax(scores, dim=-1)
+            out[:, n0:n1] = torch.bmm(p, _tiles(vb, n0, n1, P)).view(X, ns, GB, Dv)
+            probs.append(p)
+        ctx.save_for_backward(qr, kb, vb, out, *probs)
+        ctx.dims = (B, Hkv, S, Bq, P, tail, scale, segs)
+        return _unrows(out, B, Bq, S)
 
     @staticmethod
     def backward(ctx, do):
-        qt, kt, vt, p, o = ctx.saved_tensors
-        B, Hkv, S, NB, Bq, P, tail, scale = ctx.dims
-        dot = _rows(do, Hkv, NB, Bq, tail)
-        delta = (dot * o).sum(-1, keepdim=True)  # sum_c p_c dp_c, per query row
-        ds = torch.bmm(dot, vt.transpose(1, 2)).sub_(delta).mul_(p)
-        dq = _unrows(torch.bmm(ds, kt), B, Hkv, NB, Bq, S) * scale
-        dk = _fold_tiles(torch.bmm(ds.transpose(1, 2), qt), B, Hkv, NB, Bq, P, S)
-        dv = _fold_tiles(torch.bmm(p.transpose(1, 2), dot), B, Hkv, NB, Bq, P, S)
+        qr, kb, vb, out, *probs = ctx.saved_tensors
+        B, Hkv, S, Bq, P, tail, scale, segs = ctx.dims
+        X, NB, GB, D = qr.shape
+        dor = _rows(do, Hkv, Bq, tail)
+        delta = (dor * out).sum(-1, keepdim=True)  # sum_c p_c dp_c, per query row
+        dqr = torch.empty_like(qr)
+        dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+        zero = qr.new_zeros(())
+        for (n0, n1), p in zip(segs, probs):
+            ns = n1 - n0
+            dos = dor[:, n0:n1].reshape(X * ns, GB, -1)
+            kt, vt = _tiles(kb, n0, n1, P), _tiles(vb, n0, n1, P)
+            ds = torch.bmm(dos, vt.transpose(1, 2)).sub_(delta[:, n0:n1].reshape(X * ns, GB, 1)).mul_(p)
+            # scores were scale * q k^T: fold the scale into the two matmuls (beta=0 ignores `zero`)
+            dqr[:, n0:n1] = torch.baddbmm(zero, ds, kt, beta=0, alpha=scale).view(X, ns, GB, D)
+            dkt = torch.baddbmm(zero, ds.transpose(1, 2), qr[:, n0:n1].reshape(X * ns, GB, D), beta=0, alpha=scale)
+            _fold_tiles_(dkb, dkt, n0, n1, P)
+            _fold_tiles_(dvb, torch.bmm(p.transpose(1, 2), dos), n0, n1, P)
+        dq = _unrows(dqr, B, Bq, S)
+        dk = dkb.view(B, Hkv, -1, D)[:, :, :S]
+        dv = dvb.view(B, Hkv, -1, dvb.shape[-1])[:, :, :S]
         return dq, dk, dv, None, None, None
 
 
