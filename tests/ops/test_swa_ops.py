@@ -134,3 +134,19 @@ def test_non_contiguous_inputs():
     ref = sliding_window_attention_masked(q.contiguous(), k.contiguous(), v.contiguous(), 64)
     for impl in ("masked", "sdpa", "chunked"):
         assert rel_err(sliding_window_attention(q, k, v, 64, impl=impl), ref) < TOL
+
+
+@pytest.mark.parametrize("segment_bytes", [1, 20_000, 100_000])
+@pytest.mark.parametrize("window,block_size", [(40, 8), (3, 4), (16, 16)])
+def test_chunked_segments(monkeypatch, segment_bytes, window, block_size):
+    # Long sequences are processed in segments of blocks; force several (down to one block each,
+    # so segments start inside the front-padded region when P > 1).
+    import swax_megatron.ops.swa.chunk as chunk_mod
+
+    monkeypatch.setattr(chunk_mod, "SEGMENT_BYTES", segment_bytes)
+    x = _qkv(2, 4, 2, 101, 8, 8, seed=10)
+    ref_o = sliding_window_attention_masked(*x, window)
+    o = sliding_window_attention_chunked(*x, window, block_size=block_size)
+    assert rel_err(o, ref_o) < TOL
+    for a, b in zip(grads([o], x), grads([ref_o], x)):
+        assert rel_err(a, b) < TOL
