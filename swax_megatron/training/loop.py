@@ -137,6 +137,7 @@ def run(resolved) -> int:
               f"({state.consumed_samples} samples consumed)")
         for p in problems:
             _log0(f"warning: checkpoint.load from another run: {p}")
+    has_swa = "S" in engine.config.layer_symbols  # else the window changes nothing
     eval_window = recipe.eval.window or recipe.model.swa.window
     dims = ModelDims.from_config(engine.config)
     dtype = dtype_name(engine.config)
@@ -152,7 +153,8 @@ def run(resolved) -> int:
                 f"{recipe.model.hidden_size}, seq {tr.seq_length}, global batch {gbs}, "
                 f"{world} process(es) (tp {ps.get_tensor_model_parallel_world_size()}, pp "
                 f"{ps.get_pipeline_model_parallel_world_size()}, dp "
-                f"{ps.get_data_parallel_world_size()}), {dtype}, window {window.describe()}")
+                f"{ps.get_data_parallel_world_size()}), {dtype}, "
+                f"{'window ' + window.describe() if has_swa else 'no sliding-window layers'}")
 
     valid_batches = None
     if datasets.valid is not None:
@@ -163,7 +165,8 @@ def run(resolved) -> int:
         if valid_batches is None:
             return None
         val = evaluate(engine, valid_batches, window=eval_window)
-        log.eval({"step": step, "val_loss": val, "val_ppl": perplexity(val), "window": eval_window})
+        log.eval({"step": step, "val_loss": val, "val_ppl": perplexity(val),
+                  "window": eval_window if has_swa else None})
         return val
 
     def save(step: int, reason: str) -> Optional[Path]:
@@ -206,7 +209,7 @@ def run(resolved) -> int:
             tps = tokens_per_step / dt
             fpt = train_flops_per_token(dims, tr.seq_length, w)
             job_flops += fpt * tokens_per_step
-            record = {"step": step, "loss": res.loss, "lr": lr, "window": w,
+            record = {"step": step, "loss": res.loss, "lr": lr, "window": w if has_swa else None,
                       "grad_norm": res.grad_norm, "tokens_per_s": tps, "step_time_s": dt,
                       "skipped": not res.updated, "consumed_samples": state.consumed_samples,
                       "flops_per_token": fpt, "mfu": mfu(tps, fpt, world, device_name, dtype)}
@@ -288,7 +291,7 @@ def run(resolved) -> int:
             "skipped_steps": state.skipped_steps,
             "tokens_trained": state.consumed_samples * tr.seq_length,
             "val_loss": val_loss, "val_ppl": None if val_loss is None else perplexity(val_loss),
-            "eval_window": eval_window, **baselines,
+            "eval_window": eval_window if has_swa else None, **baselines,
             "tokens_per_s": tps, "world_size": world,
             "train_flops_per_token": fpt,
             "mfu": None if tps is None else mfu(tps, fpt, world, device_name, dtype),

@@ -99,13 +99,13 @@ class RunLogger:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(
-                f"loss={record['loss']:.4f} lr={record['lr']:.2e} w={record['window']} "
+                f"loss={record['loss']:.4f} lr={record['lr']:.2e} w={_w(record['window'])} "
                 f"tok/s={record['tokens_per_s']:.0f}", refresh=False)
         elif self.lines and (step % self.log_every == 0 or step == self.total):
             rate = (step - self._step0) / max(1e-9, time.monotonic() - self._t0)
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             self.message(f"step {step}/{self.total} | loss {record['loss']:.4f} | lr "
-                         f"{record['lr']:.2e} | window {record['window']} | "
+                         f"{record['lr']:.2e} | window {_w(record['window'])} | "
                          f"{record['tokens_per_s']:,.0f} tok/s | ETA {_hms(eta)}")
 
     def eval(self, record: Dict[str, Any]) -> None:
@@ -114,7 +114,7 @@ class RunLogger:
             self.tb.add_scalar("val/loss", record["val_loss"], record["step"])
             self.tb.add_scalar("val/ppl", record["val_ppl"], record["step"])
         self.message(f"step {record['step']}: val loss {record['val_loss']:.4f} "
-                     f"(ppl {record['val_ppl']:.2f}, window {record['window']})")
+                     f"(ppl {record['val_ppl']:.2f}, window {_w(record['window'])})")
 
     def checkpoint(self, record: Dict[str, Any]) -> None:
         self._write({"kind": "checkpoint", **record})
@@ -134,6 +134,10 @@ class RunLogger:
             self.tb.close()
             self.tb = None
         self._file.close()
+
+
+def _w(window) -> str:
+    return "-" if window is None else str(window)  # models without S layers have no window
 
 
 def _hms(seconds: float) -> str:
@@ -197,7 +201,7 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"steps          {s['steps']} ({s['skipped_steps']} skipped NaN/Inf), "
         f"{s['tokens_trained']:,} tokens",
         f"val loss       {num('val_loss', '.4f')} nats/token  (perplexity {num('val_ppl', '.2f')},"
-        f" window {s.get('eval_window')})",
+        f" window {_w(s.get('eval_window'))})",
         f"unigram        {num('unigram_entropy_valid', '.4f')} nats/token (entropy of the "
         f"validation tokens); {num('unigram_xent_train', '.4f')} (train unigram)",
         f"throughput     {num('tokens_per_s', ',.0f')} tokens/s over {s['world_size']} "
