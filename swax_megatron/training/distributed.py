@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -120,13 +119,3 @@ def teardown() -> None:
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def relaunch_with_torchrun(nproc: int, argv) -> None:
-    """Replace this process by `torchrun --standalone --nproc-per-node nproc -m
-    swax_megatron.train ARGV` (a one-node recipe started without a launcher)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "swax_megatron.train", *argv]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, cmd)
