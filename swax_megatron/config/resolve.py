@@ -143,6 +143,9 @@ def atomic_write(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results should be group-readable
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

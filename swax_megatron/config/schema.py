@@ -185,8 +185,9 @@ class Recipe:
 
 
 # Fields that say where or how a run happens, not what it computes: excluded from the config hash
-# so the same experiment on another cluster or output folder keeps its run directory name.
+# so the same experiment on another cluster, output folder or parallel layout keeps its run
+# directory (checkpoints reshard across TP/PP/DP, so a resumed run may change its layout).
 HASH_EXCLUDED = (
-    "run.output_root", "run.description", "data.cache_dir", "checkpoint", "slurm",
+    "run.output_root", "run.description", "data.cache_dir", "checkpoint", "slurm", "parallel",
     "train.log_every", "train.exit_after_minutes",
 )

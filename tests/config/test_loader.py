@@ -75,7 +75,8 @@ def test_hash_ignores_run_local_fields_only(tmp_path):
     path = write(tmp_path, "a.yaml", "{}\n")
     h = resolve(path).config_hash
     assert resolve(path, ["run.output_root=/elsewhere", "slurm.partition=gpu",
-                          "checkpoint.every_steps=7"]).config_hash == h
+                          "checkpoint.every_steps=7", "parallel.tensor_model_parallel_size=2",
+                          "slurm.gpus_per_node=2"]).config_hash == h
     assert resolve(path, ["optim.lr=1e-3"]).config_hash != h
     # A default spelled out hashes like the default left implicit.
     assert resolve(path, ["model.ffn_hidden_size=704", "model.num_query_groups=4"]).config_hash == h
