@@ -189,26 +189,61 @@ def case_sdpa():
 
 def case_flex():
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    # One compiled kernel for every window: the window is a captured tensor, each block mask is built once.
-    win = torch.tensor(WINDOWS[0], device=DEV)
+    # Our adapter (ops/swa/flex.py): compiled flex_attention, one cached block mask per window.
+    from swax_megatron.ops.swa.flex import flex_sliding_window_attention
 
-    def sliding(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx < win)
-
-    flex = torch.compile(flex_attention, dynamic=False)
     q, k, v, do = _attn_inputs(torch)
-    masks = {}
     for w in WINDOWS:
         try:
-            win.fill_(w)
-            if w not in masks:
-                masks[w] = create_block_mask(sliding, None, None, S, S, device=DEV)
-            bm = masks[w]
-            _time_attn(f"flex_w{w}", lambda q, k, v, bm=bm: flex(q, k, v, block_mask=bm), q, k, v, do, dict(window=w))
+            _time_attn(f"flex_w{w}", lambda q, k, v, w=w: flex_sliding_window_attention(q, k, v, w), q, k, v,
+                       do, dict(window=w))
         except Exception as e:  # noqa: BLE001
             emit(case=f"flex_w{w}", status="error", reason=f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def case_layer_pair():
+    """One SWAX-1.4B layer pair (X then S, hidden 2048, each with its SwiGLU MLP) through the real
+    megatron model code, bf16, fwd+bwd at B=1 x S=16384 (the paper's sequence length), per window."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from swax_megatron.models import SwaxConfig, SwaxModel, get_swax_block_spec
+    from swax_megatron.models.attention import resolve_attention_backend
+    from swax_megatron.parallel import cpu_compat
+
+    seq = 16384 if not SMOKE else 128
+    hidden, heads, mheads = (2048, 16, 4) if not SMOKE else (64, 2, 2)
+    cpu_compat.apply()  # a no-op on GPU machines; lets --smoke run this case on CPU
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("nccl" if DEV == "cuda" else "gloo", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    cpu_compat.model_parallel_seed(1234)
+    backend = resolve_attention_backend("auto")
+    cfg = SwaxConfig(num_layers=2, hidden_size=hidden, num_attention_heads=heads, layer_pattern="XS",
+                     mlstm_num_heads=mheads, swa_window=2048, vocab_size=50304, max_sequence_length=seq,
+                     params_dtype=torch.bfloat16, bf16=True, swa_backend=backend,
+                     mlstm_kernel="triton" if DEV == "cuda" else "torch", mlstm_chunk_size=128 if not SMOKE else 64)
+    model = SwaxModel(cfg, get_swax_block_spec("te" if backend == "te" else "local"),
+                      pre_process=False, post_process=False).to(DEV)
+    x = torch.randn(seq, 1, hidden, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+    rot = model.rotary_pos_emb(seq) if getattr(model, "rotary_pos_emb", None) is not None else None
+    for w in WINDOWS:
+        model.set_swa_window(w)
+
+        def fwd():
+            model.decoder.set_input_tensor(x)
+            return model.decoder(None, rotary_pos_emb=rot)
+
+        with torch.no_grad():
+            t_f = _bench(fwd)
+        t_fb = _bench(lambda: fwd().backward(dy), grad_to_none=[x, *model.parameters()])
+        emit(case=f"pair_w{w}", status="ok", fwd_ms=t_f, fwdbwd_ms=t_fb, window=w, attention_backend=backend,
+             shape=dict(B=1, S=seq, hidden=hidden, layers="XS", dtype="bf16"))
+    dist.destroy_process_group()
 
 
 def case_te():
@@ -240,6 +275,7 @@ CASES = {
     "sdpa": (case_sdpa, {}, {}, "SDPA causal (32 x 128)"),
     "flex": (case_flex, {}, {}, "FlexAttention sliding window (32 x 128)"),
     "te": (case_te, {}, {}, "TE DotProductAttention sliding window (32 x 128)"),
+    "pair": (case_layer_pair, {}, {}, "SWAX-1.4B layer pair (X + S, hidden 2048), S=16384, per window"),
     "correct_fp32": (case_correct, dict(dtype_name="fp32"), {}, "own kernel fp32 (tf32x3) vs float64"),
     "correct_fp16": (case_correct, dict(dtype_name="fp16"), {}, "own kernel fp16 vs float64"),
     "own_L256": (case_own, dict(chunk=256), {}, "own mLSTM, chunk 256"),

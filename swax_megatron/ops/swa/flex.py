@@ -54,9 +54,11 @@ def flex_sliding_window_attention(q, k, v, window, softmax_scale=None):
     if not HAVE_FLEX:
         raise ImportError("FlexAttention needs torch >= 2.5 (torch.nn.attention.flex_attention)")
     _, Hq, Hkv, S, _, _ = check_inputs(q, k, v, window, softmax_scale)
-    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError("FlexAttention has no backward on CPU; use the torch "
-                                  "attention backend (model.attention_backend: torch)")
+    if q.device.type == "cpu" and any(t.requires_grad for t in (q, k, v)):
+        if torch.is_grad_enabled():
+            raise NotImplementedError("FlexAttention has no backward on CPU; use the torch "
+                                      "attention backend (model.attention_backend: torch)")
+        q, k, v = q.detach(), k.detach(), v.detach()  # torch refuses even a no_grad forward
     mask = block_mask(S, window, str(q.device))
     fn = _compiled() if q.device.type == "cuda" else flex_attention
     out = fn(q, k, v, block_mask=mask, scale=softmax_scale, enable_gqa=Hq != Hkv)
