@@ -1,20 +1,21 @@
-"""Blocked causal sliding-window attention: O(S * window) time and memory.
+"""Blocked causal sliding-window attention: O(S * window) time, O(S * D) memory.
 
 Queries are cut into blocks of Bq rows. The keys block n may see (original positions
 n*Bq - W + 1 .. n*Bq + Bq - 1) lie in key blocks n-P .. n with P = ceil((W-1)/Bq); those P+1
 blocks, concatenated, form the block's tile of T = (P+1)*Bq keys. Query r of block n sees tile
-column c iff that key is inside its window and is not front padding (an additive 0/-inf bias:
-on CPU a float add is ~10x cheaper than masked_fill with a broadcast bool mask). Per query this
-is about W + Bq scores instead of S. Grouped-query heads are stacked as extra rows of a tile, so
-keys are never repeated.
+column c iff that key is inside its window and is not front padding (an additive 0/-inf bias,
+fused into the score matmul: on CPU masked_fill with a broadcast bool mask costs ~10x a float
+add). Per query this is about W + Bq scores instead of S. Grouped-query heads are stacked as
+extra rows of a tile, so keys are never repeated; tiles are built per segment from shifted views
+of the key blocks (no padded copies of k and v).
 
-Blocks are processed in segments whose score tensors stay around SEGMENT_BYTES: time then grows
-linearly in S (one big [S, T] allocation per call is fresh mmap'ed memory for glibc, whose page
-faults made S=8192 cost 2.4x S=4096), and the working set stays cache-sized.
-
-Tiles are built per segment from shifted views of the key blocks (no padded copy of k and v);
-the backward is written by hand (softmax-attention backward on the saved probabilities) and
-folds tile gradients back onto the key blocks with P+1 shifted in-place adds.
+Blocks are processed in segments whose score tensors stay around SEGMENT_BYTES, and, as in
+flash attention, the forward keeps only the output and each row's log-sum-exp; the hand-written
+backward recomputes the probabilities segment by segment. That costs one more matmul and exp
+than keeping the [S, T] probabilities (about 20% at S <= 4096 on this CPU) but keeps every
+segment in cache: with saved probabilities S=8192 cost 2.3-2.5x S=4096 (L3 misses, glibc mmap
+page faults), now time grows linearly and memory is O(S * D). Tile gradients are folded back
+onto the key blocks with P+1 shifted in-place adds.
 """
 
 from __future__ import annotations
@@ -98,7 +99,21 @@ def _fold_tiles_(dxb: torch.Tensor, dt: torch.Tensor, n0: int, n1: int, P: int) 
             dxb[:, a:b].add_(dt[:, z:, j])
 
 
+def _scores(qr, kb, band, front, n0, n1, P, scale):
+    """Masked scores scale * q k^T + bias of query blocks n0..n1-1: [X*(n1-n0), G*Bq, T]."""
+    X, _, GB, D = qr.shape
+    Bq, T = kb.shape[2], band.shape[-1]
+    ns = n1 - n0
+    scores = torch.baddbmm(band, qr[:, n0:n1].reshape(X * ns, GB, D), _tiles(kb, n0, n1, P).transpose(1, 2), alpha=scale)
+    if n0 < P:
+        scores.view(X, ns, -1, Bq, T)[:, :P - n0].add_(front[n0:min(P, n1)])
+    return scores
+
+
 class _SWAChunked(torch.autograd.Function):
+    """Flash-style: forward keeps only the output and each row's log-sum-exp; backward recomputes
+    the probabilities segment by segment, so memory is O(S * D) and every segment stays in cache."""
+
     @staticmethod
     def forward(ctx, q, k, v, W, scale, Bq):
         B, Hq, S, _ = q.shape
@@ -112,28 +127,24 @@ class _SWAChunked(torch.autograd.Function):
         kb, vb = _blocks(k, Bq, tail), _blocks(v, Bq, tail)
         band, front = _tile_biases(NB, Bq, P, W, q.dtype, q.device)
         band = band.repeat(GB // Bq, 1)  # rows of a tile are (query head, row in block)
-        per_block = X * GB * T * q.element_size()
-        step = max(1, SEGMENT_BYTES // per_block)
+        step = max(1, SEGMENT_BYTES // (X * GB * T * q.element_size()))
         segs = [(n0, min(NB, n0 + step)) for n0 in range(0, NB, step)]
         out = torch.empty(X, NB, GB, Dv, dtype=q.dtype, device=q.device)
-        probs = []
+        lse = torch.empty(X, NB, GB, dtype=q.dtype, device=q.device)
         for n0, n1 in segs:
             ns = n1 - n0
-            # scale * q k^T + band mask in one call
-            scores = torch.baddbmm(band, qr[:, n0:n1].reshape(X * ns, GB, -1), _tiles(kb, n0, n1, P).transpose(1, 2),
-                                   alpha=scale)
-            if n0 < P:
-                scores.view(X, ns, -1, Bq, T)[:, :P - n0].add_(front[n0:min(P, n1)])
+            scores = _scores(qr, kb, band, front, n0, n1, P, scale)
             p = torch.softmax(scores, dim=-1)
+            # log-sum-exp without a second exp pass: the row maximum has p = exp(max - lse)
+            lse[:, n0:n1] = (scores.amax(-1) - p.amax(-1).log()).view(X, ns, GB)
             out[:, n0:n1] = torch.bmm(p, _tiles(vb, n0, n1, P)).view(X, ns, GB, Dv)
-            probs.append(p)
-        ctx.save_for_backward(qr, kb, vb, out, *probs)
+        ctx.save_for_backward(qr, kb, vb, out, lse, band, front)
         ctx.dims = (B, Hkv, S, Bq, P, tail, scale, segs)
         return _unrows(out, B, Bq, S)
 
     @staticmethod
     def backward(ctx, do):
-        qr, kb, vb, out, *probs = ctx.saved_tensors
+        qr, kb, vb, out, lse, band, front = ctx.saved_tensors
         B, Hkv, S, Bq, P, tail, scale, segs = ctx.dims
         X, NB, GB, D = qr.shape
         dor = _rows(do, Hkv, Bq, tail)
@@ -141,8 +152,9 @@ class _SWAChunked(torch.autograd.Function):
         dqr = torch.empty_like(qr)
         dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
         zero = qr.new_zeros(())
-        for (n0, n1), p in zip(segs, probs):
+        for n0, n1 in segs:
             ns = n1 - n0
+            p = _scores(qr, kb, band, front, n0, n1, P, scale).sub_(lse[:, n0:n1].reshape(X * ns, GB, 1)).exp_()
             dos = dor[:, n0:n1].reshape(X * ns, GB, -1)
             kt, vt = _tiles(kb, n0, n1, P), _tiles(vb, n0, n1, P)
             ds = torch.bmm(dos, vt.transpose(1, 2)).sub_(delta[:, n0:n1].reshape(X * ns, GB, 1)).mul_(p)
