@@ -28,30 +28,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _print_resolved(r, get: Optional[str]) -> int:
+    """The resolved recipe as YAML, or only the value `--get` asks for."""
+    if get:
+        print({"run_dir": r.run_dir, "hash": r.config_hash, "name": r.run_name,
+               "world_size": r.recipe.world_size}[get])
+    else:
+        sys.stdout.write(r.to_yaml())
+    return 0
+
+
 def _cmd_resolve(args) -> int:
     from .config.resolve import resolve
 
-    r = resolve(args.recipe, args.overrides)
-    if args.get:
-        value = {"run_dir": r.run_dir, "hash": r.config_hash, "name": r.run_name,
-                 "world_size": r.recipe.world_size}[args.get]
-        print(value)
-        return 0
-    sys.stdout.write(r.to_yaml())
-    return 0
+    return _print_resolved(resolve(args.recipe, args.overrides), args.get)
 
 
 def _cmd_sweep(args) -> int:
     from .config.resolve import resolve, resolve_sweep
 
     if args.index is not None:
-        r = resolve(args.recipe, args.overrides, sweep_index=args.index)
-        if args.get:
-            print({"run_dir": r.run_dir, "hash": r.config_hash, "name": r.run_name,
-                   "world_size": r.recipe.world_size}[args.get])
-        else:
-            sys.stdout.write(r.to_yaml())
-        return 0
+        return _print_resolved(resolve(args.recipe, args.overrides, sweep_index=args.index), args.get)
     entries = resolve_sweep(args.recipe, args.overrides)
     if args.count:
         print(len(entries))
