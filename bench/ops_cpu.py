@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
+from benchutil import cpu_model, emit
 
 from swax_megatron.ops.mlstm import mlstm_chunkwise
 from swax_megatron.ops.swa import (
@@ -37,21 +36,6 @@ from swax_megatron.ops.swa import (
     sliding_window_attention_masked,
     sliding_window_attention_sdpa,
 )
-
-
-def emit(row: dict) -> None:
-    print(json.dumps(row), flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 class Times(list):

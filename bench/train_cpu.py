@@ -23,36 +23,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchutil import cpu_model, emit
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 2048
 TOKENS_PER_STEP = 2048
-
-
-def emit(row: dict) -> None:
-    print(json.dumps(row), flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def init_single_process(seed: int) -> None:
