@@ -65,16 +65,37 @@ def fill_derived(recipe: Recipe) -> None:
         m.ffn_hidden_size = default_ffn_hidden_size(m.hidden_size)
 
 
-def config_hash(recipe: Recipe) -> str:
-    """sha256 of the canonical resolved recipe without the run-local fields (HASH_EXCLUDED)."""
-    data = copy.deepcopy(dataclasses.asdict(recipe))
+def hashed_fields(recipe: Recipe | Dict[str, Any]) -> Dict[str, Any]:
+    """The part of a recipe (a Recipe, or its dataclasses.asdict form) the config hash covers:
+    everything but the run-local fields (HASH_EXCLUDED)."""
+    data = copy.deepcopy(recipe if isinstance(recipe, dict) else dataclasses.asdict(recipe))
     for path in HASH_EXCLUDED:
         node, parts = data, path.split(".")
         for part in parts[:-1]:
-            node = node[part]
+            node = node.get(part, {})
         node.pop(parts[-1], None)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return data
+
+
+def config_hash(recipe: Recipe) -> str:
+    """sha256 of the canonical resolved recipe without the run-local fields (HASH_EXCLUDED)."""
+    text = json.dumps(hashed_fields(recipe), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hash_diff(a: Recipe | Dict[str, Any], b: Recipe | Dict[str, Any]) -> List[str]:
+    """The dotted keys whose hashed values differ between two recipes, as `key: A -> B`."""
+    out: List[str] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y)):
+                walk(x.get(key), y.get(key), f"{prefix}.{key}" if prefix else key)
+        elif x != y:
+            out.append(f"{prefix}: {x!r} -> {y!r}")
+
+    walk(hashed_fields(a), hashed_fields(b), "")
+    return out
 
 
 def _build(raw: loader.RawRecipe, overrides: Sequence[str], entry: Optional[SweepEntry],

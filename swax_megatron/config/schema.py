@@ -134,7 +134,10 @@ class CheckpointConfig:
     every_steps: int = 500
     every_minutes: Optional[float] = 30.0
     keep_last: int = 3
-    load: Optional[str] = None  # initialise from this checkpoint when the run has none yet
+    # Start from another run's checkpoint (a checkpoint root or one iter_* directory) when this
+    # run has none of its own yet; once it has, its own `latest` wins (and records this load).
+    load: Optional[str] = None
+    finetune: bool = False  # with `load`: take only the weights; step 0, fresh optimizer
 
 
 @dataclass
@@ -187,7 +190,9 @@ class Recipe:
 # Fields that say where or how a run happens, not what it computes: excluded from the config hash
 # so the same experiment on another cluster, output folder or parallel layout keeps its run
 # directory (checkpoints reshard across TP/PP/DP, so a resumed run may change its layout).
+# `checkpoint.load` and `checkpoint.finetune` are hashed: they change what the run computes.
 HASH_EXCLUDED = (
-    "run.output_root", "run.description", "data.cache_dir", "checkpoint", "slurm", "parallel",
-    "train.log_every", "train.exit_after_minutes",
+    "run.output_root", "run.description", "data.cache_dir", "checkpoint.dir",
+    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "slurm",
+    "parallel", "train.log_every", "train.exit_after_minutes",
 )
