@@ -4,7 +4,10 @@ Megatron's local DotProductAttention materialises S x S scores and, when a windo
 replaces the caller's mask with its own; its window is fixed at construction. These classes keep
 its constructor and forward signature (they slot into `SelfAttentionSubmodules.core_attention`),
 take q/k/v as [s, b, heads, d] and call a kernel whose window is an argument: the step's window
-is set with `set_window` (SwaxModel.set_swa_window walks the layers).
+is set with `set_window`. Every core attention of S and G layers, whatever its kernel (these classes,
+te_attention.py's), implements one interface, `WindowedAttention`; SwaxModel.set_swa_window selects
+modules by it, so a backend that forgets it fails loudly in the spec instead of silently training at
+the configured window.
 
 Kernels (`model.attention_backend`, resolved by `resolve_attention_backend`):
   torch  ops.swa.sliding_window_attention (chunked O(S x window) / SDPA), CPU and GPU
@@ -69,7 +72,30 @@ def check_window(window) -> Optional[int]:
     return window
 
 
-class SwaxCoreAttention(MegatronModule):
+class WindowedAttention:
+    """The window interface of every S/G core attention (local torch, Flex, TE, any future one).
+
+    `sliding` (class attribute) is True for S layers, False for G layers; `window` is what the next
+    call uses (tokens, query included; None = full causal). A subclass calls `init_window(config)`
+    in its constructor and reads `self.window` in forward. A mixin, not a base module class, because
+    the TE class must keep megatron's TEDotProductAttention as its module base."""
+
+    sliding: bool = False
+    window: Optional[int] = None
+
+    def init_window(self, config: SwaxConfig) -> None:
+        self._default_window = config.swa_window if self.sliding else None
+        self.window = self._default_window
+
+    def set_window(self, window: Optional[int]) -> None:
+        """Window for the following calls; None restores the default (config.swa_window on S
+        layers). G layers keep full causal attention whatever the value."""
+        window = check_window(window)
+        if self.sliding:
+            self.window = self._default_window if window is None else window
+
+
+class SwaxCoreAttention(WindowedAttention, MegatronModule):
     """Causal softmax attention over [s, b, heads, d]; `window` None means full causal (G layers).
 
     Same constructor and forward signature as megatron's DotProductAttention.
@@ -112,14 +138,7 @@ class SwaxCoreAttention(MegatronModule):
         self.heads_per_partition = divide(config.num_attention_heads, tp)
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
-        self.window: Optional[int] = config.swa_window if self.sliding else None
-
-    def set_window(self, window: Optional[int]) -> None:
-        """Window for the following calls; None restores the default (config.swa_window on S
-        layers, full causal on G layers)."""
-        window = check_window(window)
-        if self.sliding:
-            self.window = self.config.swa_window if window is None else window
+        self.init_window(config)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):

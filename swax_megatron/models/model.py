@@ -20,7 +20,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from .attention import SwaxCoreAttention, check_window, resolve_attention_backend
+from .attention import WindowedAttention, check_window, resolve_attention_backend
 from .block import _seeded, component_seeds
 from .config import SwaxConfig, SwaxConfigError, swax_config_from_recipe
 from .mlstm_layer import soft_cap
@@ -85,15 +85,17 @@ class SwaxModel(LanguageModule):
         None restores config.swa_window. G layers keep full attention. Every rank and stage must
         call it with the same value (the window schedule is a function of (seed, step))."""
         window = check_window(window)
+        # Selected by the shared interface, not by a kernel's class: selecting SwaxCoreAttention
+        # once left TE's core attention at config.swa_window for the whole run.
         for module in self.modules():
-            if isinstance(module, SwaxCoreAttention):
+            if isinstance(module, WindowedAttention):
                 module.set_window(window)
 
     @property
     def swa_window(self) -> int:
         """The window S layers use now (config.swa_window until set_swa_window is called)."""
         for module in self.modules():
-            if isinstance(module, SwaxCoreAttention) and module.sliding:
+            if isinstance(module, WindowedAttention) and module.sliding:
                 return module.window
         return self.config.swa_window
 

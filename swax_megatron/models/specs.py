@@ -20,7 +20,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-from .attention import GlobalCoreAttention, SlidingWindowCoreAttention
+from .attention import GlobalCoreAttention, SlidingWindowCoreAttention, WindowedAttention
 from .block import SwaxBlock, SwaxBlockSubmodules
 from .layer import SwaxLayer, SwaxLayerSubmodules
 from .mlstm_layer import HeadwiseLayerNorm, MLSTMMixer, MLSTMMixerSubmodules
@@ -91,7 +91,12 @@ def get_swax_layer_spec(symbol: str, backend: str = "local",
                         core_attention_cls: Optional[type] = None) -> ModuleSpec:
     """Spec of one layer: `symbol` S (sliding-window attention), G (global attention) or X (mLSTM).
     core_attention_cls replaces the core attention class of S/G layers (same signature as
-    megatron's DotProductAttention plus set_window)."""
+    megatron's DotProductAttention, and a WindowedAttention: SwaxModel.set_swa_window reaches only
+    those, so any other class would silently keep one window)."""
+    if core_attention_cls is not None and not (isinstance(core_attention_cls, type)
+                                               and issubclass(core_attention_cls, WindowedAttention)):
+        raise TypeError(f"core attention {core_attention_cls!r} must subclass "
+                        f"swax_megatron.models.attention.WindowedAttention (the per-step window)")
     c = _Classes(backend)
     if symbol == "S":
         mixer = _attention_spec(c, core_attention_cls or c.sliding_core)

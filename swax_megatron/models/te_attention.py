@@ -15,14 +15,14 @@ from typing import Optional
 from megatron.core.extensions.transformer_engine import TEDotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
-from .attention import check_window
+from .attention import WindowedAttention
 
 
 def te_window_size(window: Optional[int]):
     return (-1, 0) if window is None else (window - 1, 0)
 
 
-class TESwaxCoreAttention(TEDotProductAttention):
+class TESwaxCoreAttention(WindowedAttention, TEDotProductAttention):
     sliding = False
 
     def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType = AttnMaskType.causal,
@@ -37,12 +37,7 @@ class TESwaxCoreAttention(TEDotProductAttention):
                          attention_dropout=attention_dropout, softmax_scale=softmax_scale,
                          cp_comm_type=cp_comm_type, pg_collection=pg_collection, **kwargs)
         self._te_forward = te_forward
-        self.window: Optional[int] = config.swa_window if self.sliding else None
-
-    def set_window(self, window: Optional[int]) -> None:
-        window = check_window(window)
-        if self.sliding:
-            self.window = self.config.swa_window if window is None else window
+        self.init_window(config)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None, **unused):
