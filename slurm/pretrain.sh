@@ -3,7 +3,7 @@
 #
 #   swax slurm submit RECIPE [key=value ...]                      # sbatch with the recipe's slurm: section
 #   sbatch $(swax slurm options RECIPE) slurm/pretrain.sh RECIPE [key=value ...]
-#   sbatch slurm/pretrain.sh RECIPE [key=value ...]               # the #SBATCH defaults below
+#   sbatch [--gpus-per-node=G] slurm/pretrain.sh RECIPE [...]     # the #SBATCH defaults below
 #   bash slurm/pretrain.sh RECIPE [key=value ...]                 # no SLURM: torchrun --standalone
 #
 # Under SLURM: one srun task per GPU (slurm.launcher: srun) or one torchrun per node
@@ -25,11 +25,13 @@
 # SWAX_SWEEP_INDEX (train this entry of the recipe's sweep; set by slurm/sweep.sh).
 #
 # Defaults for a plain `sbatch slurm/pretrain.sh`: edit once for your cluster (`swax slurm
-# submit` replaces them with the recipe's slurm: section).
+# submit` replaces them with the recipe's slurm: section). They ask for no GPUs: a partition
+# without GPU GRES refuses any GPU request, and options on the command line can add a request
+# but never remove one. `swax slurm options` adds --gpus-per-node where the partition has GPUs;
+# by hand, pass --gpus-per-node=G (a job on GPU nodes without its GPUs stops with exit 2).
 #SBATCH --job-name=swax
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
-#SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@300
@@ -90,9 +92,12 @@ export SWAX_PY=$PY
 
 # --- the recipe: resolved and validated before anything is launched ---------------------------
 recipe=$1; shift
+SLURM_DIR=$(slurm_dir) || SLURM_DIR=""
 jobenv=(-m swax_megatron.cli slurm job-env)
 [ -n "${SWAX_SWEEP_INDEX:-}" ] && jobenv+=(--sweep-index "$SWAX_SWEEP_INDEX")
-env_text=$("$PY" "${jobenv[@]}" "$recipe" "$@") || die 2 "recipe $recipe did not resolve (error above); nothing was launched"
+# job-env checks slurm.site against the profiles of the slurm/ folder found here
+env_text=$(SWAX_SLURM_DIR=$SLURM_DIR "$PY" "${jobenv[@]}" "$recipe" "$@") \
+  || die 2 "recipe $recipe did not resolve (error above); nothing was launched"
 eval "$env_text"
 export SWAX_REQUEUE_EXIT
 
@@ -103,7 +108,6 @@ fi
 mkdir -p "$SWAX_RUN_DIR" || die 1 "cannot create the run directory $SWAX_RUN_DIR"
 export SWAX_EXIT_FILE=$SWAX_RUN_DIR/.rank0-exit
 
-SLURM_DIR=$(slurm_dir) || SLURM_DIR=""
 site=${SWAX_SITE:-$SWAX_RECIPE_SITE}
 if [ -n "$SLURM_DIR" ] && [ -f "$SLURM_DIR/site/$site.env" ]; then
   # shellcheck disable=SC1090
@@ -205,6 +209,12 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SWAX_LOCAL:-0}" != 1 ]; then
       ;;
     *) die 2 "unknown launcher '$launcher' (srun or torchrun)" ;;
   esac
+  # On GPU nodes a job without its GPUs (a plain sbatch: the header asks for none) would train
+  # on CPUs, or put ranks on one GPU, without saying so.
+  node_gres=$(scontrol show node -o "${SLURMD_NODENAME:-}" 2>/dev/null | sed -n 's/.*[[:space:]]Gres=\([^[:space:]]*\).*/\1/p')
+  if [[ "$node_gres" == *gpu* ]] && [ "${SLURM_GPUS_ON_NODE:-0}" -lt "$SWAX_GPUS_PER_NODE" ]; then
+    die 2 "the recipe runs $SWAX_GPUS_PER_NODE processes per node (slurm.gpus_per_node), this job has ${SLURM_GPUS_ON_NODE:-0} of the node's GPUs ($node_gres): add --gpus-per-node=$SWAX_GPUS_PER_NODE, or $hint"
+  fi
 else
   mode=local
 fi

@@ -2,18 +2,18 @@
 # A recipe's sweep as a SLURM array job: array task i trains sweep entry i.
 #
 #   swax sweep submit RECIPE [key=value ...] [--parallel K]      # validates every entry first
-#   sbatch --array=0-$((N-1))%K slurm/sweep.sh RECIPE [key=value ...]
+#   sbatch --array=0-$((N-1))%K [--gpus-per-node=G] slurm/sweep.sh RECIPE [key=value ...]
 #   bash slurm/sweep.sh RECIPE [key=value ...]                   # no SLURM: entries one by one
 #
 # Each entry has its own run directory (<output_root>/<name>__<key>=<value>-<hash8>); an entry
 # whose run directory holds DONE exits at once, so resubmitting a sweep resumes it. Everything
 # else (launch, signals, requeue of this array task alone) is slurm/pretrain.sh.
 #
-# Defaults for a plain sbatch (see slurm/pretrain.sh; `swax sweep submit` replaces them):
+# Defaults for a plain sbatch, no GPUs among them (see slurm/pretrain.sh; `swax sweep submit`
+# replaces them):
 #SBATCH --job-name=swax-sweep
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
-#SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@300

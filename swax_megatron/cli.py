@@ -14,7 +14,6 @@ fit the cluster) prints one line on stderr and exits with status 2; nothing is w
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
@@ -81,13 +80,13 @@ def _print_notes(plan) -> None:
 def _cmd_slurm_options(args) -> int:
     import shlex
 
-    from .launch import plan_job, plan_sweep
+    from .launch import make_log_dir, plan_job, plan_sweep
 
     if args.sweep:
         plan = plan_sweep(args.recipe, args.overrides, check=not args.no_check, script="-")
     else:
         plan = plan_job(args.recipe, args.overrides, check=not args.no_check, script="-")
-    os.makedirs(plan.log_dir, exist_ok=True)  # the --output folder must exist before sbatch
+    make_log_dir(plan.log_dir)  # the --output folder must exist before sbatch
     _print_notes(plan)
     print(" ".join(shlex.quote(o) for o in plan.options))
     return 0
@@ -204,7 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a nargs="*" positional at the first option: `swax slurm submit R --dry-run a=b`
+    # leaves `a=b` over. Overrides after options are still overrides, in the order given.
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except RecipeError as e:

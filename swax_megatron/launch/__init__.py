@@ -5,7 +5,8 @@ slurm/pretrain.sh reads. The shell side (traps, srun/torchrun, requeue) is in sl
 from .errors import LaunchError
 from .jobenv import job_env
 from .partitions import Partition, query_partitions
-from .sbatch import DONE_MARKER, Plan, is_done, plan_job, plan_sweep, sbatch_options, submit
+from .sbatch import (DONE_MARKER, Plan, check_site, is_done, make_log_dir, plan_job, plan_sweep,
+                     sbatch_options, submit)
 
-__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "is_done",
-           "job_env", "plan_job", "plan_sweep", "query_partitions", "sbatch_options", "submit"]
+__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "check_site", "is_done",
+           "job_env", "make_log_dir", "plan_job", "plan_sweep", "query_partitions", "sbatch_options", "submit"]

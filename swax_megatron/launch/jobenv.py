@@ -16,11 +16,12 @@ from typing import Optional, Sequence
 
 from ..config.resolve import resolve
 from ..training.signals import EXIT_REQUEUE
-from .sbatch import is_done
+from .sbatch import check_site, is_done
 
 
 def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[int] = None) -> str:
     r = resolve(recipe, overrides, sweep_index=sweep_index)
+    check_site(r)
     args = [*overrides, "--sweep-index", str(sweep_index)] if sweep_index is not None else list(overrides)
     s = r.recipe.slurm
     values = {

@@ -11,7 +11,9 @@ Launch layouts (slurm.launcher):
     srun      one task per GPU: --ntasks-per-node=G --cpus-per-task=C, srun starts the ranks
     torchrun  one task per node: --ntasks-per-node=1 --cpus-per-task=G*C, torchrun starts G ranks
 GPUs are requested (--gpus-per-node=G) when the partition's nodes have GPUs; on a CPU-only
-partition G is the number of processes per node.
+partition G is the number of processes per node. This is the only GPU request: the #SBATCH headers
+of slurm/*.sh ask for none, since a partition without GPU GRES refuses any GPU request and an
+option on the command line can add a request but never take one away.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..config.errors import did_you_mean
-from ..config.resolve import Resolved, resolve, resolve_sweep
+from ..config.errors import RecipeError, did_you_mean
+from ..config.resolve import Resolved, resolve_sweep
 from ..config.schema import SlurmConfig
 from .errors import LaunchError
 from .partitions import Partition, minutes, query_partitions
@@ -40,6 +42,35 @@ def default_script(name: str) -> str:
         raise LaunchError(f"{path} not found (the package is installed without its repository): "
                           f"pass --script PATH")
     return str(path)
+
+
+def slurm_dir() -> Path:
+    """The slurm/ folder a job takes its site profiles from: SWAX_SLURM_DIR where set (it wins in
+    the job too, and slurm/pretrain.sh sets it to the folder it found), else the repository's."""
+    return Path(os.environ.get("SWAX_SLURM_DIR") or SLURM_DIR)
+
+
+def check_site(r: Resolved) -> None:
+    """slurm.site names a profile in <slurm dir>/site/. Checked before submission: the job would
+    only find out once it runs. `default` needs no file (slurm/pretrain.sh runs without it)."""
+    site = r.recipe.slurm.site
+    folder = slurm_dir() / "site"
+    profiles = sorted(p.stem for p in folder.glob("*.env")) if folder.is_dir() else []
+    if site == "default" or site in profiles:
+        return
+    where = f"profiles in {folder}: {', '.join(profiles)}" if profiles else \
+        f"{folder} has none; set SWAX_SLURM_DIR to the repository's slurm/ folder"
+    raise RecipeError(f"no site profile `{site}`{did_you_mean(site, profiles)} ({where})",
+                      path="slurm.site", origin=r.origins.get("slurm.site"))
+
+
+def make_log_dir(path: str) -> None:
+    """SLURM does not create the --output folder: a job whose log cannot be opened fails unseen."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise LaunchError(f"run.output_root: cannot create the log folder {path}: "
+                          f"{e.strerror or e}") from None
 
 
 def is_done(run_dir: str) -> bool:
@@ -159,7 +190,12 @@ def _log_dir(r: Resolved) -> str:
 
 def plan_job(recipe: str, overrides: Sequence[str] = (), *, check: bool = True,
              script: Optional[str] = None) -> Plan:
-    r = resolve(recipe, overrides)
+    entries = resolve_sweep(recipe, overrides)
+    if entries[0].sweep_entry is not None:
+        raise LaunchError(f"{recipe}: recipe has a sweep block: submit it with `swax sweep submit` "
+                          f"(options: `swax slurm options --sweep`)")
+    r = entries[0]
+    check_site(r)
     notes: List[str] = []
     partition, gpus = _cluster(r.recipe.slurm, check, notes)
     log_dir = _log_dir(r)
@@ -201,6 +237,7 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
     if diff:
         raise LaunchError(f"sweep entries differ in {', '.join(diff)}: an array job has one shape, "
                           f"so sweep these in separate recipes")
+    check_site(entries[0])  # (the entries share their slurm section)
     s = entries[0].recipe.slurm
     k = parallel if parallel is not None else s.array_parallelism
     if k is not None and k < 1:
@@ -208,7 +245,9 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
     notes: List[str] = []
     partition, gpus = _cluster(s, check, notes)
     log_dir = _log_dir(entries[0])
-    base_name = resolve(recipe, overrides).recipe.run.name
+    # the array is named after the sweep, not its first entry: run.name without the entry suffix
+    first = entries[0]
+    base_name = first.recipe.run.name.removesuffix(f"__{first.sweep_entry.suffix}")
     opts = sbatch_options(s, base_name, os.path.join(log_dir, "%x_%A_%a.out"), gpus)
     done = [i for i, r in enumerate(entries) if is_done(r.run_dir)]
     todo = [i for i in range(len(entries)) if i not in done]
@@ -222,7 +261,7 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
 
 def submit(plan: Plan) -> str:
     """Run sbatch; returns the job id."""
-    os.makedirs(plan.log_dir, exist_ok=True)  # SLURM does not create the log folder
+    make_log_dir(plan.log_dir)
     try:
         p = subprocess.run(plan.command, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
