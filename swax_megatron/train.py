@@ -7,9 +7,11 @@
 
 The run directory (<run.output_root>/<run.name>-<hash8>) gets resolved.yaml, metrics.jsonl,
 tensorboard/, checkpoints/, summary.json and loss.png; a second start resumes from its latest
-checkpoint. Exit codes: 0 done, 42 checkpointed after SIGUSR1/SIGTERM or
-train.exit_after_minutes (requeue), 2 bad input, 3 diverged (NaN/Inf steps in a row).
-The work is done in swax_megatron.training.loop.
+checkpoint. Exit codes (swax_megatron.training.signals): 0 done; 42 checkpointed after
+SIGUSR1/SIGTERM/SIGINT or train.exit_after_minutes (requeue); 2 bad input (recipe, data,
+checkpoint, run directory: one line on stderr, nothing of an earlier attempt replaced); 3 diverged
+or not finite at the end (not done); 4 another trainer holds the run directory; 130 interrupted
+before training started. The work is done in swax_megatron.training.loop.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .training.signals import EXIT_BAD_INPUT
+from .training.signals import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED
 
 PROG = "swax-train"
 
@@ -31,10 +33,11 @@ def _bad_input_types():
     from .training.distributed import LaunchError
     from .training.faults import FaultSpecError
     from .training.lr_schedule import LRScheduleError
+    from .training.rundir import RunDirError
     from .training.window_schedule import WindowScheduleError
 
     return (RecipeError, DataError, SwaxConfigError, CheckpointError, LaunchError,
-            FaultSpecError, LRScheduleError, WindowScheduleError)
+            FaultSpecError, LRScheduleError, RunDirError, WindowScheduleError)
 
 
 def _quiet_known_warnings() -> None:
@@ -47,12 +50,20 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def _error(text: str) -> int:
+def _error(text: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
-    return EXIT_BAD_INPUT
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the trainer's own Ctrl-C handling is in place
+        return _error("interrupted before training started; nothing was written",
+                      EXIT_INTERRUPTED)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("recipe", help="recipe YAML file")
@@ -97,7 +108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return loop.run(resolved)
     except bad_input as e:
         # Every rank meets the same bad input: rank 0 says it once.
-        return _error(str(e)) if env.rank == 0 else EXIT_BAD_INPUT
+        from .training.rundir import RunBusyError
+
+        code = EXIT_BUSY if isinstance(e, RunBusyError) else EXIT_BAD_INPUT
+        return _error(str(e), code) if env.rank == 0 else code
     finally:
         distributed.teardown()
 

@@ -3,15 +3,21 @@
 Layout of a checkpoint root (`checkpoint.dir`, default <run dir>/checkpoints):
 
     iter_0000100/      one dist_checkpointing checkpoint (common.pt, metadata.json, *.distcp)
+                       and manifest.json (size and sha256 of every file)
     iter_0000200/
     latest             "iter_0000200": written by rank 0, through a rename, only after every
-                       rank has finished writing iter_0000200; so a kill at any moment leaves
-                       `latest` at a complete checkpoint
+                       rank has finished writing iter_0000200 and the manifest is written; so
+                       a kill at any moment leaves `latest` at a complete checkpoint
+
+A checkpoint is complete when its manifest exists (a directory without one is a save that was
+killed). Before a checkpoint is loaded, its files are checked against the manifest (the ranks
+share the hashing), so bit rot or a truncated shard is refused with one line that names the
+newest intact checkpoint, never loaded into NaN steps.
 
 What a checkpoint holds: the model (sharded, reshards over TP/PP), the optimizer (the
 distributed optimizer in the `fully_reshardable` format), every rank's RNG states, the train
 state (step, consumed samples, skipped steps), the window and LR schedules, the resolved recipe
-and the parallel layout.
+the config hash, the resolved recipe and the parallel layout.
 
 The distributed optimizer on the torch-AdamW path (no TE / Apex) needs four fixes to load
 (research note mcore_cpu.md section 7), all applied here:
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import random
 import re
@@ -42,7 +50,8 @@ import torch
 from ..config.resolve import atomic_write
 
 LATEST = "latest"
-FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 2  # 2: manifest, config hash and recipe in every checkpoint
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
 # How the distributed optimizer's state is laid out on disk: gathered into model-parameter shapes,
 # so it reloads at any DP / TP / PP layout (dp_reshardable fails on a TP change and restores an
@@ -53,6 +62,22 @@ OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
 
 class CheckpointError(ValueError):
     """A missing, incomplete or incompatible checkpoint (one line, naming the path)."""
+
+
+def _load_errors() -> tuple:
+    # torch.distributed.checkpoint's CheckpointException (a truncated or missing .distcp or
+    # .metadata file) derives from BaseException, so `except Exception` would let it through.
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+_LOAD_ERRORS = _load_errors()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @dataclass
@@ -73,11 +98,23 @@ def step_of(path: str | os.PathLike) -> Optional[int]:
 
 
 def read_latest(root: str | os.PathLike) -> Optional[Path]:
-    """The checkpoint `root/latest` points to, or None when there is no `latest` yet."""
+    """The checkpoint `root/latest` points to, or None when the root has no checkpoint at all.
+
+    A root with complete checkpoints but no `latest` file (deleted, or made a directory) is an
+    error, never a fresh start: starting over would write over that work."""
     root = Path(root)
     pointer = root / LATEST
-    if not pointer.is_file():
+    if not pointer.exists() and not pointer.is_symlink():
+        complete = [p.name for p in list_checkpoints(root) if (p / MANIFEST).is_file()]
+        if complete:
+            raise CheckpointError(
+                f"{root}: has checkpoints ({', '.join(complete)}) but no `{LATEST}` file: write "
+                f"the one to resume from into it (echo {complete[-1]} > {pointer}), or move "
+                f"{root} away to start this run over")
         return None
+    if not pointer.is_file():
+        raise CheckpointError(f"{pointer}: not a file; it must hold the name of the checkpoint "
+                              f"to resume from (e.g. iter_0000100)")
     name = pointer.read_text().strip()
     if step_of(name) is None:
         raise CheckpointError(f"{pointer}: not a checkpoint pointer (expected 'iter_NNNNNNN', "
@@ -90,7 +127,7 @@ def read_latest(root: str | os.PathLike) -> Optional[Path]:
 def check_complete(path: Path, what: str = "checkpoint") -> None:
     if not path.is_dir():
         raise CheckpointError(f"{path}: {what} a checkpoint directory that does not exist")
-    missing = [f for f in ("metadata.json", "common.pt") if not (path / f).is_file()]
+    missing = [f for f in ("metadata.json", "common.pt", MANIFEST) if not (path / f).is_file()]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
 
@@ -100,13 +137,82 @@ def resolve_load_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint.load does not exist")
-    if (p / LATEST).is_file():
+    if (p / LATEST).exists():
         return read_latest(p)
     if (p / "metadata.json").is_file():
         check_complete(p)
         return p
     raise CheckpointError(f"{p}: checkpoint.load is neither a checkpoint root with a `latest` "
                           f"file nor a checkpoint directory (no metadata.json)")
+
+
+# --- manifest -------------------------------------------------------------------------------------
+
+def _file_digest(path: Path) -> Dict[str, Any]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": path.stat().st_size, "sha256": digest}
+
+
+def _my_share(names: List[str]) -> List[str]:
+    """The files this rank hashes: every world-th of them, so the ranks share the reading."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return sorted(names)[rank::world]
+
+
+def write_manifest(path: Path) -> None:
+    """Hash every file of a finished save (collective) and write manifest.json (rank 0)."""
+    names = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST)
+    mine = {name: _file_digest(path / name) for name in _my_share(names)}
+    gathered: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    if torch.distributed.get_rank() == 0:
+        files = {k: v for part in gathered for k, v in part.items()}
+        atomic_write(str(path / MANIFEST), json.dumps(
+            {"algorithm": "sha256", "files": dict(sorted(files.items()))}, indent=1) + "\n")
+
+
+def manifest_problem(path: Path) -> Optional[str]:
+    """Why `path` does not match its manifest (collective: the ranks share the hashing), or
+    None when every file has the recorded size and hash."""
+    problem = None
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        files, problem = {}, f"unreadable {MANIFEST} ({type(e).__name__})"
+    mine = []
+    for name in _my_share(list(files)):
+        f = path / name
+        if not f.is_file():
+            mine.append(f"{name} is missing")
+        elif f.stat().st_size != files[name].get("size"):
+            mine.append(f"{name} has {f.stat().st_size} bytes, the manifest says "
+                        f"{files[name].get('size')}")
+        elif _file_digest(f)["sha256"] != files[name].get("sha256"):
+            mine.append(f"{name} does not match its sha256 in the manifest")
+    gathered: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    found = sorted(p for part in gathered for p in part)
+    if problem is None and found:
+        problem = found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+    return problem
+
+
+def verify(path: Path) -> None:
+    """Refuse a damaged checkpoint with one line that names the newest intact one (collective)."""
+    problem = manifest_problem(path)
+    if problem is None:
+        return
+    intact = None
+    for older in reversed([p for p in list_checkpoints(path.parent)
+                           if step_of(p) < step_of(path) and (p / MANIFEST).is_file()]):
+        if manifest_problem(older) is None:
+            intact = older
+            break
+    hint = (f"the newest intact checkpoint is {intact.name}: to resume from it, echo "
+            f"{intact.name} > {path.parent / LATEST}" if intact is not None
+            else "no earlier intact checkpoint")
+    raise CheckpointError(f"{path}: damaged checkpoint: {problem}; {hint}")
 
 
 def list_checkpoints(root: str | os.PathLike) -> List[Path]:
@@ -292,6 +398,7 @@ class CheckpointManager:
         if self.fault is not None:
             self.fault.at_point("after_shards_written", step)
         torch.distributed.barrier()  # every rank's shards are on disk
+        write_manifest(path)
         if rank == 0:
             atomic_write(str(self.root / LATEST), iter_name(step) + "\n")
             self._prune(step)
@@ -310,21 +417,36 @@ class CheckpointManager:
 
         try:
             common = dist_checkpointing.load_common_state_dict(str(path))
-        except Exception as e:  # noqa: BLE001 - torch / pickle errors of a damaged file
+        except _LOAD_ERRORS as e:  # torch / pickle errors of a damaged file
             raise CheckpointError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if not isinstance(common, dict) or common.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: not a swax_megatron checkpoint (format "
-                                  f"{common.get('format_version') if isinstance(common, dict) else '?'}"
-                                  f", expected {FORMAT_VERSION})")
+            found = common.get("format_version") if isinstance(common, dict) else "?"
+            raise CheckpointError(f"{path}: not a swax_megatron checkpoint of format "
+                                  f"{FORMAT_VERSION} (format {found}; format 1 predates "
+                                  f"manifests and config hashes)")
         return common
 
-    def load(self, path: Path, model, optimizer) -> Dict[str, Any]:
+    def load(self, path: Path, model, optimizer, weights_only: bool = False) -> Dict[str, Any]:
         """Load model, optimizer and (same layout only) RNG states from `path` into the bare
-        `model` and `optimizer`; returns the checkpoint's common entries."""
+        `model` and `optimizer`; returns the checkpoint's common entries. `weights_only`: the
+        model alone (fine-tuning); the optimizer keeps its fresh state."""
         from megatron.core import dist_checkpointing
 
         common = self.read_common(path)
+        if weights_only:
+            try:
+                loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+            except _LOAD_ERRORS as e:
+                raise CheckpointError(f"{path}: does not match this model: "
+                                      f"{_first_line(e)[:300]}") from None
+            model.load_state_dict(loaded["model"], strict=True)
+            # The optimizer's fp32 main parameters (bf16/fp16, distributed optimizer) were copied
+            # from the initial weights when it was built: copy the loaded ones in.
+            reload = getattr(optimizer, "reload_model_params", None)
+            if reload is not None:
+                reload()
+            return common
         same_layout = common.get("layout") == _layout()
         dist_opts = _distributed_optimizers(optimizer)
         for opt in dist_opts:
@@ -333,10 +455,9 @@ class CheckpointManager:
             sd = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
             try:
                 loaded = dist_checkpointing.load(sd, str(path))
-            except Exception as e:  # noqa: BLE001 - megatron raises several types
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            except _LOAD_ERRORS as e:  # megatron and torch raise several types
                 raise CheckpointError(f"{path}: does not match this model/optimizer: "
-                                      f"{first[:300]}") from None
+                                      f"{_first_line(e)[:300]}") from None
             model.load_state_dict(loaded["model"], strict=True)
             with torch.no_grad():  # fix 3
                 optimizer.load_state_dict(loaded["optimizer"])

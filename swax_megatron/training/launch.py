@@ -4,10 +4,11 @@ Started without torchrun / srun, a recipe whose world size (slurm.nodes x slurm.
 is N > 1 on one node is run as N child processes with the torchrun variables set. Unlike
 torchrun, this launcher returns the workers' own exit code, so EXIT_REQUEUE (42, "checkpointed,
 requeue me") reaches the caller (torchrun reports every worker failure as 1). SIGUSR1 / SIGTERM
-/ SIGINT sent to the launcher are forwarded to every worker. Workers start with SIGUSR1 and
-SIGTERM ignored (Python's default for SIGUSR1 is to die) until the trainer installs its
-handlers, so a stop request is re-sent every RESEND_SECONDS until they exit. If a worker fails,
-the others are stopped (they would otherwise wait in a collective until the timeout).
+/ SIGINT sent to the launcher are forwarded to every worker. Workers start with all three
+ignored (Python's default for SIGUSR1 is to die, for SIGINT a traceback) until the trainer
+installs its handlers, so a stop request is re-sent every RESEND_SECONDS until they exit; a
+second Ctrl-C kills them. If a worker fails, the others are stopped (they would otherwise wait in
+a collective until the timeout).
 """
 
 from __future__ import annotations
@@ -40,20 +41,22 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     stop = {"signal": None, "sent": 0.0}
 
     def forward(signum, frame):  # noqa: ARG001
-        if signum != signal.SIGINT:
-            stop["signal"], stop["sent"] = signum, time.monotonic()
+        if signum == signal.SIGINT and stop["signal"] == signal.SIGINT:
+            print("swax-train: second Ctrl-C: killing the workers", file=sys.stderr, flush=True)
+            _stop(procs)
+            return
+        stop["signal"], stop["sent"] = signum, time.monotonic()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in FORWARDED if s != signal.SIGINT}
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in FORWARDED}
     for rank in range(nproc):  # the workers inherit the ignored stop signals
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                    LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         env.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
         procs.append(subprocess.Popen([sys.executable, "-m", "swax_megatron.train", *argv],
                                       env=env))
-    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     for s in FORWARDED:
         signal.signal(s, forward)
     try:

@@ -10,6 +10,9 @@ time) is agreed on through one small all-reduce at each step boundary before any
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,11 +21,13 @@ from typing import Any, Dict, Optional
 import torch
 
 from .batches import BatchLayout, cross_entropy, entropy, microbatches, perplexity, token_counts
-from .checkpoint import CheckpointError, CheckpointManager, TrainState, read_latest, resolve_load_path
+from .checkpoint import (CheckpointError, CheckpointManager, TrainState, read_latest,
+                         resolve_load_path, verify)
 from .faults import FaultPlan
 from .flops import ModelDims, mfu, train_flops_per_token
 from .lr_schedule import LRSchedule, lr_at
 from .metrics import NullLogger, RunLogger, format_summary, plot_losses, write_summary
+from .rundir import RunDirError, RunLock
 from .signals import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, StopRequest
 from .window_schedule import WindowSchedule
 
@@ -58,9 +63,10 @@ def agree_flags(*local: bool) -> list:
     return [x > 0 for x in buf.tolist()]
 
 
-def _check_resume_compatible(common: Dict[str, Any], path: Path, window: WindowSchedule,
-                             lr: LRSchedule, strict: bool, use_dist_opt: bool) -> list:
-    """Problems between a checkpoint and this run (errors when resuming this very run)."""
+def _check_continue_compatible(common: Dict[str, Any], path: Path, window: WindowSchedule,
+                              lr: LRSchedule) -> list:
+    """What differs between another run's checkpoint and this run (warnings: checkpoint.load
+    continues that run's state under this recipe)."""
     problems = []
     if common.get("window_schedule") != window.state_dict():
         problems.append(f"window schedule differs: checkpoint {common.get('window_schedule')}, "
@@ -68,20 +74,104 @@ def _check_resume_compatible(common: Dict[str, Any], path: Path, window: WindowS
     if common.get("lr_schedule") != dataclasses.asdict(lr):
         problems.append(f"LR schedule differs: checkpoint {common.get('lr_schedule')}, recipe "
                         f"{dataclasses.asdict(lr)}")
+    return problems
+
+
+def _check_same_experiment(common: Dict[str, Any], path: Path, resolved) -> None:
+    """A run resumes only its own checkpoints: same config hash, or an error naming the keys."""
+    from ..config.resolve import hash_diff
+
+    theirs = common.get("config_hash")
+    if theirs == resolved.config_hash:
+        return
+    diff = hash_diff(common.get("recipe") or {}, resolved.recipe)
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    raise CheckpointError(
+        f"{path}: written by another experiment (config hash {str(theirs)[:8]}, this recipe "
+        f"{resolved.config_hash[:8]}): {shown or 'recipe not recorded'}; to start from its "
+        f"weights use checkpoint.load (with a checkpoint.dir of this run's own)")
+
+
+def _check_optimizer_format(common: Dict[str, Any], path: Path, use_dist_opt: bool) -> None:
     if common.get("use_distributed_optimizer") != use_dist_opt:
         raise CheckpointError(f"{path}: written with parallel.use_distributed_optimizer="
                               f"{common.get('use_distributed_optimizer')}, this run uses "
                               f"{use_dist_opt}; the optimizer state formats differ")
-    if strict and problems:
-        raise CheckpointError(f"{path}: cannot resume: " + "; ".join(problems))
-    return problems
+
+
+@dataclasses.dataclass
+class _Start:
+    """Where this attempt starts: nothing, its own checkpoint, or checkpoint.load."""
+
+    path: Optional[Path] = None
+    common: Optional[Dict[str, Any]] = None
+    own: bool = False  # this run's own checkpoint (resume), else checkpoint.load
+    weights_only: bool = False  # checkpoint.finetune: weights only, step 0, fresh optimizer
+
+    @property
+    def state(self) -> TrainState:
+        if self.common is None or self.weights_only:
+            return TrainState()
+        return TrainState(**self.common["train_state"])
+
+
+def _find_start(resolved, ckpt_root: Path) -> _Start:
+    """The checkpoint this attempt starts from, verified against its manifest (collective)."""
+    ck = resolved.recipe.checkpoint
+    own = read_latest(ckpt_root)
+    if own is not None:
+        verify(own)
+        common = CheckpointManager.read_common(own)
+        _check_same_experiment(common, own, resolved)
+        if ck.load:
+            _log0(f"checkpoint.load={ck.load}: applied when this run started (from "
+                  f"{common.get('initialised_from')}); resuming the run's own checkpoint {own}")
+        return _Start(own, common, own=True)
+    if ck.load:
+        path = resolve_load_path(ck.load)
+        verify(path)
+        return _Start(path, CheckpointManager.read_common(path), weights_only=ck.finetune)
+    return _Start()
+
+
+def _from_rank0(error: Optional[BaseException]) -> None:
+    """Raise rank 0's set-up error on every rank (only rank 0 touches the run directory)."""
+    box = [error]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise box[0]
 
 
 def run(resolved) -> int:
     """Train `resolved` (config.resolve.Resolved) in an initialised process group; returns the
     exit code (signals.EXIT_*)."""
+    # From the first moment: a Ctrl-C / SIGTERM during set-up is a stop request, not a traceback.
+    stop = StopRequest()
+    lock = None
+    try:
+        error = None
+        if _rank0():
+            try:
+                lock = RunLock.acquire([Path(resolved.run_dir), _checkpoint_root(resolved)])
+            except RunDirError as e:
+                error = e
+        _from_rank0(error)
+        return _run(resolved, stop, lock)
+    finally:
+        stop.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _checkpoint_root(resolved) -> Path:
+    ck = resolved.recipe.checkpoint
+    return Path(ck.dir) if ck.dir else Path(resolved.run_dir) / "checkpoints"
+
+
+def _run(resolved, stop: StopRequest, lock) -> int:
     from megatron.core import parallel_state as ps
 
+    from ..config.errors import RecipeError
     from ..config.resolve import write_resolved
     from ..data import datasets_from_config, tokenizer_from_config
 
@@ -93,50 +183,66 @@ def run(resolved) -> int:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
         else torch.device("cpu")
     run_dir = Path(resolved.run_dir)
+
+    # --- checks: nothing of an earlier attempt is replaced until all of them pass -------------------
+    try:
+        window = WindowSchedule.from_config(tr.window_schedule, seed=recipe.run.seed,
+                                            total_steps=tr.steps)
+        lr_schedule = LRSchedule.from_recipe(recipe)
+        fault = FaultPlan.from_env()
+        ckpt_root = _checkpoint_root(resolved)
+        manager = CheckpointManager(ckpt_root, keep_last=ck.keep_last, fault=fault)
+        start = _find_start(resolved, ckpt_root)
+        if start.common is not None:
+            _check_optimizer_format(start.common, start.path,
+                                    recipe.parallel.use_distributed_optimizer)
+        state = start.state
+        # --- data ------------------------------------------------------------------------------
+        cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir \
+            else Path(recipe.run.output_root) / ".cache"
+        tokenizer = tokenizer_from_config(recipe.data, cache_dir)
+        vocab = recipe.model.vocab_size
+        if vocab is not None and vocab < tokenizer.vocab_size:
+            raise RecipeError(f"model.vocab_size {vocab} is smaller than the tokenizer's "
+                              f"vocabulary of {tokenizer.vocab_size} pieces (token ids would index "
+                              f"past the embedding): set it >= {tokenizer.vocab_size}, or null")
+        gbs = tr.global_batch_size
+        n_train = state.consumed_samples + max(0, tr.steps - state.step) * gbs
+        n_valid = tr.eval_iters * gbs
+        datasets = datasets_from_config(recipe.data, tokenizer, seq_length=tr.seq_length,
+                                        seed=recipe.run.seed, num_samples=[n_train, n_valid, 0],
+                                        cache_dir=cache_dir, progress=rank == 0)
+        layout = BatchLayout(tr.micro_batch_size, gbs, ps.get_data_parallel_world_size(),
+                             ps.get_data_parallel_rank())
+
+        # --- model, optimizer, checkpoint ------------------------------------------------------
+        from .engine import build_engine, dtype_name, evaluate, train_step
+
+        engine = build_engine(recipe, tokenizer.vocab_size, device)
+        if start.path is not None:
+            manager.load(start.path, engine.model, engine.optimizer,
+                         weights_only=start.weights_only)
+    except BaseException:
+        if lock is not None:  # a first attempt that failed its checks leaves no run directory
+            lock.release(remove_new=True)
+        raise
+
+    # --- this attempt owns the run directory from here on -------------------------------------------
+    if start.own:
+        _log0(f"resumed from {start.path} at step {state.step} "
+              f"({state.consumed_samples} samples consumed)")
+    elif start.weights_only:
+        _log0(f"initialised from the weights of {start.path} (checkpoint.finetune): step 0, "
+              f"fresh optimizer")
+    elif start.path is not None:
+        _log0(f"continuing {start.path} (checkpoint.load) at step {state.step}")
+        for p in _check_continue_compatible(start.common, start.path, window, lr_schedule):
+            _log0(f"warning: checkpoint.load from another run: {p}")
+    initialised_from = (start.common.get("initialised_from") if start.own
+                        else str(start.path) if start.path is not None else None)
     if rank == 0:
         write_resolved(resolved)
-        (run_dir / "exit.json").unlink(missing_ok=True)  # written again when this job ends
-    torch.distributed.barrier()
-
-    window = WindowSchedule.from_config(tr.window_schedule, seed=recipe.run.seed,
-                                        total_steps=tr.steps)
-    lr_schedule = LRSchedule.from_recipe(recipe)
-    fault = FaultPlan.from_env()
-
-    # --- where to start from -------------------------------------------------------------------
-    ckpt_root = Path(ck.dir) if ck.dir else run_dir / "checkpoints"
-    manager = CheckpointManager(ckpt_root, keep_last=ck.keep_last, fault=fault)
-    resume_path, strict = read_latest(ckpt_root), True
-    if resume_path is None and ck.load:
-        resume_path, strict = resolve_load_path(ck.load), False
-    common = manager.read_common(resume_path) if resume_path is not None else None
-    state = TrainState(**common["train_state"]) if common else TrainState()
-
-    # --- data ------------------------------------------------------------------------------------
-    cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir \
-        else Path(recipe.run.output_root) / ".cache"
-    tokenizer = tokenizer_from_config(recipe.data, cache_dir)
-    gbs = tr.global_batch_size
-    n_train = state.consumed_samples + max(0, tr.steps - state.step) * gbs
-    n_valid = tr.eval_iters * gbs
-    datasets = datasets_from_config(recipe.data, tokenizer, seq_length=tr.seq_length,
-                                    seed=recipe.run.seed, num_samples=[n_train, n_valid, 0],
-                                    cache_dir=cache_dir, progress=rank == 0)
-    layout = BatchLayout(tr.micro_batch_size, gbs, ps.get_data_parallel_world_size(),
-                         ps.get_data_parallel_rank())
-
-    # --- model, optimizer, checkpoint ----------------------------------------------------------
-    from .engine import build_engine, dtype_name, evaluate, train_step
-
-    engine = build_engine(recipe, tokenizer.vocab_size, device)
-    if resume_path is not None:
-        problems = _check_resume_compatible(common, resume_path, window, lr_schedule, strict,
-                                            recipe.parallel.use_distributed_optimizer)
-        manager.load(resume_path, engine.model, engine.optimizer)
-        _log0(f"resumed from {resume_path} at step {state.step} "
-              f"({state.consumed_samples} samples consumed)")
-        for p in problems:
-            _log0(f"warning: checkpoint.load from another run: {p}")
+        _write_exit(run_dir, None, state.step, "running", start.path)
     has_swa = "S" in engine.config.layer_symbols  # else the window changes nothing
     eval_window = recipe.eval.window or recipe.model.swa.window
     dims = ModelDims.from_config(engine.config)
@@ -145,10 +251,14 @@ def run(resolved) -> int:
     tokens_per_step = gbs * tr.seq_length
     extra = {"window_schedule": window.state_dict(), "lr_schedule": dataclasses.asdict(lr_schedule),
              "recipe_yaml": resolved.to_yaml(), "config_hash": resolved.config_hash,
+             "recipe": dataclasses.asdict(recipe), "initialised_from": initialised_from,
              "use_distributed_optimizer": recipe.parallel.use_distributed_optimizer}
 
-    log = RunLogger(run_dir, total_steps=tr.steps, start_step=state.step,
-                    log_every=tr.log_every) if rank == 0 else NullLogger()
+    log = RunLogger(run_dir, total_steps=tr.steps, start_step=state.step, log_every=tr.log_every,
+                    attempt_info={"resumed_from": str(start.path) if start.path else None,
+                                  "host": socket.gethostname(), "world_size": world,
+                                  "slurm_job": os.environ.get("SLURM_JOB_ID")}
+                    ) if rank == 0 else NullLogger()
     log.message(f"{resolved.run_name}: {recipe.model.layer_pattern} hidden "
                 f"{recipe.model.hidden_size}, seq {tr.seq_length}, global batch {gbs}, "
                 f"{world} process(es) (tp {ps.get_tensor_model_parallel_world_size()}, pp "
@@ -180,13 +290,16 @@ def run(resolved) -> int:
     log.message(f"set-up took {time.monotonic() - t_job:.1f} s; run directory {run_dir}")
 
     # --- the loop ----------------------------------------------------------------------------------
-    stop = StopRequest()
     last_save_time = time.monotonic()
-    last_saved_step = state.step if resume_path is not None and strict else None
+    last_saved_step = state.step if start.own else None
     val_loss, exit_code, job_tokens, job_flops, job_train_time = None, EXIT_OK, 0, 0.0, 0.0
-    last_path = resume_path
+    last_path = start.path
+    if agree_flags(stop.local)[0]:  # stopped during set-up: nothing new to save
+        log.message(f"stop requested ({stop.name or 'a signal to another rank'}) before the first "
+                    f"step: exiting with code {EXIT_REQUEUE}; resume from {last_path or 'scratch'}")
+        exit_code = EXIT_REQUEUE
     try:
-        while state.step < tr.steps:
+        while state.step < tr.steps and exit_code != EXIT_REQUEUE:
             s = state.step
             t0 = time.monotonic()
             w = window.window(s)
@@ -264,8 +377,6 @@ def run(resolved) -> int:
             _write_exit(run_dir, EXIT_DIVERGED, state.step, str(e), last_path)
             print(f"swax-train: error: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
-    finally:
-        stop.restore()
 
     if exit_code == EXIT_REQUEUE:
         log.close()
@@ -275,6 +386,15 @@ def run(resolved) -> int:
 
     # --- summary -------------------------------------------------------------------------------------
     val_loss = run_eval(state.step)
+    # A run ends as done only on finite evidence: a NaN final evaluation (e.g. weights loaded
+    # from a damaged file) or skipped last steps mean the weights are not what the run claims.
+    failure = None
+    if val_loss is not None and not math.isfinite(val_loss):
+        failure = f"the final evaluation is not finite (val loss {val_loss})"
+    elif state.consecutive_nonfinite:
+        failure = (f"the last {state.consecutive_nonfinite} step(s) had a NaN/Inf loss or "
+                   f"gradient norm and were skipped")
+    code = EXIT_OK if failure is None else EXIT_DIVERGED
     summary = None
     if rank == 0:
         baselines = {}
@@ -307,6 +427,8 @@ def run(resolved) -> int:
         if note:
             print(f"note: {note}", file=sys.stderr)
         print(format_summary(summary), flush=True)
-        _write_exit(run_dir, EXIT_OK, state.step, "done", last_path)
+        _write_exit(run_dir, code, state.step, "done" if failure is None else failure, last_path)
+        if failure is not None:
+            print(f"swax-train: error: {failure}: not done", file=sys.stderr, flush=True)
     torch.distributed.barrier()
-    return EXIT_OK
+    return code

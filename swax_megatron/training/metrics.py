@@ -6,8 +6,12 @@ metrics.jsonl has one JSON object per line:
     {"kind": "eval", "step": 50, "val_loss": ..., "val_ppl": ..., "window": 128}
     {"kind": "checkpoint", "step": 100, "path": "...", "reason": "every_steps"}
 `step` counts optimizer steps done (1 after the first step); `window` is the SWA window the step
-used. Floats are written exactly (repr), so two runs can be compared bitwise. On resume the
-records past the checkpoint's step (work lost with the interrupted job) are dropped first.
+used. Floats are written exactly (repr), so two runs can be compared bitwise.
+
+The file is append-only across attempts: each start of the trainer on the run directory first
+appends {"kind": "attempt", "attempt": N, "start_step": S, ...}. Records of an earlier attempt past
+S were lost with that attempt (not in any checkpoint); they stay in the file, and
+`read_metrics` leaves them out of the run's history (`all_attempts=True` returns every line).
 """
 
 from __future__ import annotations
@@ -29,18 +33,25 @@ def _clean(value):
     return value
 
 
-def read_metrics(path: str | os.PathLike) -> List[Dict[str, Any]]:
+def read_metrics(path: str | os.PathLike, all_attempts: bool = False) -> List[Dict[str, Any]]:
+    """The run's history: records of every attempt, less those an attempt that resumed from an
+    earlier step superseded (see the module docstring); `all_attempts`: every record."""
     path = Path(path)
     if not path.is_file():
         return []
-    out = []
+    out: List[Dict[str, Any]] = []
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: drop it
-                continue
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if not all_attempts and record.get("kind") == "attempt":
+            start = record.get("start_step", 0)
+            out = [r for r in out if r.get("kind") == "attempt" or r.get("step", 0) <= start]
+        out.append(record)
     return out
 
 
@@ -57,13 +68,16 @@ class RunLogger:
 
     def __init__(self, run_dir: str | os.PathLike, *, total_steps: int, start_step: int,
                  progress: Optional[str] = "auto", log_every: int = 1,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, attempt_info: Optional[Dict[str, Any]] = None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        # Keep only what the resumed state has seen (a fresh run keeps nothing).
-        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= start_step]
-        atomic_write(str(self.metrics_path), "".join(json.dumps(r) + "\n" for r in kept))
+        earlier = read_metrics(self.metrics_path, all_attempts=True)
         self._file = open(self.metrics_path, "a", encoding="utf-8")
+        if self._file.tell() > 0 and not _ends_with_newline(self.metrics_path):
+            self._file.write("\n")  # the last line was cut by a kill: start on a fresh one
+        self.attempt = 1 + sum(1 for r in earlier if r.get("kind") == "attempt")
+        self._write({"kind": "attempt", "attempt": self.attempt, "start_step": start_step,
+                     **(attempt_info or {})})
         self.tb = None
         if tensorboard:
             try:
@@ -134,6 +148,12 @@ class RunLogger:
             self.tb.close()
             self.tb = None
         self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _w(window) -> str:

@@ -11,7 +11,6 @@ local launcher, is exercised by `run_module`.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -120,8 +119,10 @@ def run_module(argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
 
 
 def train_records(run_dir: Path) -> List[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's history in metrics.jsonl (superseded records of earlier attempts left out)."""
+    from swax_megatron.training.metrics import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def find_run_dir(output_root: Path) -> Path:

@@ -69,16 +69,29 @@ def test_unigram_entropy_and_cross_entropy():
     assert c.tolist() == [3, 6, 6, 3]  # labels (i % 4 + 1) % 4 for i = 0..5, three tokens each
 
 
-def test_metrics_resume_drops_records_past_the_checkpoint(tmp_path):
+def test_metrics_are_append_only_and_the_history_drops_superseded_records(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 7)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st')
-    log = RunLogger(tmp_path, total_steps=10, start_step=4, progress=None, tensorboard=False)
+    before = "".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st'
+    path.write_text(before)
+    log = RunLogger(tmp_path, total_steps=10, start_step=4, progress=None, tensorboard=False,
+                    attempt_info={"resumed_from": "iter_0000004"})
     log.train({"step": 5, "loss": float("nan"), "lr": 0.1, "window": 8, "tokens_per_s": 1.0})
     log.close()
-    records = read_metrics(path)
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
-    assert records[3]["loss"] == 0.25 and records[4]["loss"] == "nan"
+    assert path.read_text().startswith(before)  # nothing of the earlier attempt is lost
+    history = [r for r in read_metrics(path) if r["kind"] == "train"]
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5]
+    assert history[3]["loss"] == 0.25 and history[4]["loss"] == "nan"
+    everything = read_metrics(path, all_attempts=True)
+    assert [r["step"] for r in everything if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6, 5]
+    (attempt,) = [r for r in everything if r["kind"] == "attempt"]
+    assert attempt == {"kind": "attempt", "attempt": 1, "start_step": 4,
+                       "resumed_from": "iter_0000004"}
+    # A second attempt from step 2 supersedes steps 3..5 of both earlier attempts.
+    log = RunLogger(tmp_path, total_steps=10, start_step=2, progress=None, tensorboard=False)
+    log.close()
+    assert [r["step"] for r in read_metrics(path) if r["kind"] == "train"] == [1, 2]
+    assert [r["attempt"] for r in read_metrics(path) if r["kind"] == "attempt"] == [1, 2]
 
 
 def test_exit_code_of_a_job():
