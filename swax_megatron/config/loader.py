@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
-from .errors import RecipeError, did_you_mean
+from .errors import RecipeError, did_you_mean, is_control, shorten
 from .schema import Recipe
-from .yaml_io import LocatedDict, Yaml11Bool, load_yaml, parse_value
+from .yaml_io import LocatedDict, Unusable, load_yaml, parse_value, yaml11_number
 
 RESERVED_KEYS = ("base", "sweep")  # top-level keys that are not schema sections
 
@@ -133,43 +135,71 @@ def read_raw(path: str, _stack: Tuple[str, ...] = ()) -> RawRecipe:
 # --- overrides ---------------------------------------------------------------------------------
 
 def split_override(text: str) -> Tuple[str, str]:
+    shown = shorten(text)
     if "=" not in text:
-        raise RecipeError(f"override `{text}` must look like dotted.key=value")
+        raise RecipeError(f"override `{shown}` must look like dotted.key=value")
     key, value = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise RecipeError(f"override `{text}`: empty key segment in `{key}`")
+        raise RecipeError(f"override `{shown}`: empty key segment in `{shorten(key)}`")
     if key.split(".")[0] in RESERVED_KEYS:
-        raise RecipeError(f"override `{text}`: `{key.split('.')[0]}` cannot be overridden")
+        raise RecipeError(f"override `{shown}`: `{key.split('.')[0]}` cannot be overridden")
     return key, value
 
 
 def set_dotted(data: Dict[str, Any], key: str, value: Any, origin: str, origins: Origins) -> None:
     """Set `a.b.c` (or a list element `a.b.3`) in a nested dict, creating dicts on the way.
 
-    Unknown keys are not caught here but by the typed construction, which knows the schema."""
+    A mapping value merges key by key into the mapping already there (as `base:` does), so
+    `model.swa={}` changes nothing instead of resetting the section. Unknown keys are not caught
+    here but by the typed construction, which knows the schema."""
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
+        path = ".".join(parts[:i + 1])
         if isinstance(node, list):
-            node = node[_list_index(node, part, ".".join(parts[:i + 1]), origin)]
-            continue
-        nxt = node.get(part)
-        if not isinstance(nxt, (dict, list)):
-            nxt = {}
-            node[part] = nxt
-        node = nxt
-    last = parts[-1]
+            index = _list_index(node, part, path, origin)
+            node, part = _container_at(node, index, path, key, origin), index
+        else:
+            node = _container_at(node, part, path, key, origin)
+    parent = ".".join(parts[:-1])
     if isinstance(node, list):
-        node[_list_index(node, last, key, origin)] = value
-    else:
-        node[last] = value
-    _drop_origins(origins, key)
-    origins[key] = origin
+        node[_list_index(node, parts[-1], key, origin)] = value
+        _drop_origins(origins, key)
+        origins[key] = origin
+        return
+    merged = deep_merge(node, {parts[-1]: value}, origins, _origins_within(value, key, origin), parent)
+    node.clear()
+    node.update(merged)
+
+
+def _container_at(node: Any, part: Any, path: str, key: str, origin: str) -> Any:
+    """The dict or list at `node[part]` on the way to `key`; a missing (or null) one becomes an
+    empty dict, a scalar is an error (there is nothing to set `key` in)."""
+    nxt = node.get(part) if isinstance(node, dict) else node[part]
+    if nxt is None:
+        nxt = node[part] = {}
+    if not isinstance(nxt, (dict, list)):
+        raise RecipeError(f"cannot set `{key}`: `{path}` is {_value_repr(nxt)}, not a section "
+                          f"or a list", path=path, origin=origin)
+    return nxt
+
+
+def _origins_within(value: Any, path: str, origin: str) -> Origins:
+    """`origin` for `path` and every key nested in a mapping `value`."""
+    out = {path: origin}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_origins_within(v, f"{path}.{k}", origin))
+    return out
 
 
 def _list_index(node: list, part: str, path: str, origin: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
+    # [0-9] and a length bound: str.isdigit() also takes '²', and int() refuses 4,300 digits.
+    if not re.fullmatch(r"[0-9]{1,9}", part):
+        raise RecipeError(f"`{shorten(part)}` is not a list index (0..{len(node) - 1})", path=path,
+                          origin=origin)
+    if int(part) >= len(node):
         raise RecipeError(f"list index `{part}` out of range (list has {len(node)} items)",
                           path=path, origin=origin)
     return int(part)
@@ -178,7 +208,7 @@ def _list_index(node: list, part: str, path: str, origin: str) -> int:
 def apply_overrides(raw: RawRecipe, overrides: Sequence[str]) -> None:
     for text in overrides:
         key, value_text = split_override(text)
-        origin = f"override `{text}`"
+        origin = f"override `{shorten(text)}`"
         set_dotted(raw.data, key, parse_value(value_text, origin), origin, raw.origins)
 
 
@@ -200,13 +230,30 @@ def _type_name(tp: Any) -> str:
 
 
 def _value_repr(value: Any) -> str:
-    if isinstance(value, Yaml11Bool):
-        return f"unquoted `{value}`"
+    if isinstance(value, Unusable):
+        return f"unquoted `{value.shown}`"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {shorten(repr(value))}"
+
+
+def _number_hint(value: Any, tp: Any) -> str:
+    """For a string where a number belongs that YAML 1.1 would have read as one (`1:40`)."""
+    old = yaml11_number(value) if isinstance(value, str) and tp in (int, float) else None
+    if old is None:
+        return ""
+    return f" (YAML 1.1 would read {old}; recipes are YAML 1.2: write {old})"
+
+
+def _check_text(value: str, path: str, origin: Optional[str]) -> str:
+    """Recipe strings become paths, job names and command lines: no control characters."""
+    bad = next((i for i, c in enumerate(value) if is_control(c)), None)
+    if bad is not None:
+        raise RecipeError(f"contains the control character {value[bad]!r} at position {bad}: "
+                          f"recipe strings must be printable text", path=path, origin=origin)
+    return str(value)
 
 
 def coerce(value: Any, tp: Any, path: str, origins: Origins) -> Any:
@@ -218,10 +265,14 @@ def coerce(value: Any, tp: Any, path: str, origins: Origins) -> Any:
         raise RecipeError(f"expected {_type_name(tp)}, got {_value_repr(value)}{extra}",
                           path=path, origin=origin)
 
-    if isinstance(value, Yaml11Bool):
-        hint = ("use true/false" if _accepts(tp, bool) else
-                f"quote it ('{value}') if you mean the string")
-        raise RecipeError(f"`{value}` is ambiguous in YAML (a boolean in YAML 1.1): {hint}",
+    if isinstance(value, Unusable):
+        if _accepts(tp, value.kind):
+            hint = value.fix
+        elif _accepts(tp, str):
+            hint = f"quote it ('{value.shown}') if you mean the string"
+        else:
+            hint = f"expected {_type_name(tp)}"
+        raise RecipeError(f"`{value.shown}` is {value.why}" + (f": {hint}" if hint else ""),
                           path=path, origin=origin)
     if ann in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -262,14 +313,17 @@ def coerce(value: Any, tp: Any, path: str, origins: Origins) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        fail()
+        fail(_number_hint(value, tp))
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # No recipe float means anything as NaN or infinity (null says "none" where allowed).
+            if not math.isfinite(value):
+                raise RecipeError(f"must be a finite number, got {value}", path=path, origin=origin)
             return float(value)
-        fail()
+        fail(_number_hint(value, tp))
     if tp is str:
         if isinstance(value, str):
-            return str(value)
+            return _check_text(value, path, origin)
         fail()
     raise TypeError(f"schema uses an unsupported annotation {tp!r} at {path}")
 

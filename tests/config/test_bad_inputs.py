@@ -1,7 +1,9 @@
 """Bad recipe input: one line on stderr naming the problem, exit code 2, nothing written.
 
-Each case is (recipe text or None, overrides, text the message must contain). The base recipe is a
-small valid one, so each case breaks exactly one thing.
+Each case is (label, recipe text or None, overrides, text the message must contain[, command]).
+The base recipe is a small valid one, so each case breaks exactly one thing. The command is
+`recipe resolve`, or `recipe sweep --count` for a text starting with `sweep`; a fifth element
+names it explicitly ("resolve" or "count").
 """
 
 import os
@@ -104,6 +106,27 @@ CASES = [
     ("sweep bad key", "sweep: {grid: {optim.lrr: [1, 2]}}\n", [], "optim.lrr: unknown key"),
     ("sweep zip lengths", "sweep: {zip: {optim.lr: [1, 2], train.steps: [3]}}\n", [], "zip lists must have equal lengths"),
     ("missing recipe file", "MISSING", [], "recipe file not found"),
+    # YAML 1.2 core schema: no octal by leading zero, no sexagesimal, binary or digit separators.
+    ("leading zero int", "train: {steps: 0100}\n", [],
+     "train.steps: `0100` is ambiguous in YAML (octal 64 in YAML 1.1, 100 in YAML 1.2): write 100"),
+    ("leading zero override", None, ["train.steps=0100"], "train.steps: `0100` is ambiguous in YAML"),
+    ("leading zero in a list", "eval: {niah_lengths: [1024, 04096]}\n", [], "eval.niah_lengths.1: `04096` is ambiguous"),
+    ("leading zero for a string", "run: {name: 0100}\n", [], "run.name: `0100` is ambiguous in YAML"),
+    ("leading zero negative", None, ["run.seed=-010"], "run.seed: `-010` is ambiguous in YAML (octal -8 in YAML 1.1, -10"),
+    ("leading zero nullable", None, ["eval.window=08"], "eval.window: `08` is ambiguous in YAML (a string in YAML 1.1, 8"),
+    ("sexagesimal", "train: {steps: 1:40}\n", [], "train.steps: expected int, got str '1:40' (YAML 1.1 would read 100"),
+    ("sexagesimal override", None, ["train.steps=1:40"], "train.steps: expected int, got str '1:40'"),
+    ("binary", None, ["train.steps=0b101"], "train.steps: expected int, got str '0b101' (YAML 1.1 would read 5"),
+    ("underscore int", None, ["train.steps=1_000"], "train.steps: expected int, got str '1_000' (YAML 1.1 would read 1000"),
+    ("underscore float", None, ["optim.lr=1_0.5e-3"], "optim.lr: expected float, got str '1_0.5e-3'"),
+    ("signed hex", None, ["train.steps=-0x1F"], "train.steps: expected int, got str '-0x1F'"),
+    ("date is a string", "run: {seed: 2024-01-01}\n", [], "run.seed: expected int, got str '2024-01-01'"),
+    ("nan sign", None, ["optim.eps=-.nan"], "optim.eps: expected float, got str '-.nan'"),
+    # Dict overrides merge key by key, so a mapping cannot smuggle in a bad key either.
+    ("dict override typo", None, ["model.swa={windw: 3}"], "model.swa.windw: unknown key"),
+    ("dict override bad type", None, ["model.mlstm={num_heads: two}"], "model.mlstm.num_heads: expected int"),
+    ("dict sweep value typo", "sweep: {grid: {model.swa: [{window: 8}, {widow: 9}]}}\n", [],
+     "sweep entry 1: model.swa.widow: unknown key"),
 ]
 
 
@@ -131,13 +154,21 @@ def test_case_count():
     assert len(CASES) >= 30
 
 
-@pytest.mark.parametrize("label,text,overrides,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(tmp_path, capsys, monkeypatch, label, text, overrides, expected):
+def test_case_labels_are_unique():
+    labels = [c[0] for c in CASES]
+    assert len(set(labels)) == len(labels)
+
+
+@pytest.mark.parametrize("label,text,overrides,expected,command",
+                         [c if len(c) == 5 else (*c, None) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(tmp_path, capsys, monkeypatch, label, text, overrides, expected, command):
     path = _setup(tmp_path, text)
     monkeypatch.chdir(tmp_path)
     before = sorted(os.listdir(tmp_path))
-    is_sweep = text is not None and text.startswith("sweep")
-    args = ["recipe", "sweep", path, *overrides, "--count"] if is_sweep else ["recipe", "resolve", path, *overrides]
+    if command is None:
+        command = "count" if text is not None and text.startswith("sweep") else "resolve"
+    args = (["recipe", "sweep", path, *overrides, "--count"] if command == "count"
+            else ["recipe", "resolve", path, *overrides])
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert out == ""

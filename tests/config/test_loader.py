@@ -124,3 +124,81 @@ def test_write_resolved_round_trips(tmp_path):
     again = resolve(os.path.join(run_dir, "resolved.yaml"))
     assert again.config_hash == r.config_hash
     assert [p for p in os.listdir(run_dir)] == ["resolved.yaml"]  # no temp files left
+
+
+# --- YAML 1.2 core schema ------------------------------------------------------------------------
+
+def test_yaml12_numbers(tmp_path):
+    path = write(tmp_path, "a.yaml", """
+        train: {steps: 0o17, eval_every: 0x1F, log_every: +3}
+        optim: {lr: 1e-3, min_lr: .5e-4, weight_decay: 1., warmup_steps: 0}
+        model: {rope_base: -.5E+3}
+        """)
+    with pytest.raises(RecipeError, match="model.rope_base: must be > 0"):
+        resolve(path)  # -.5E+3 is the float -500 (YAML 1.2), refused by the range check
+    r = resolve(path, ["model.rope_base=1e4"]).recipe
+    assert (r.train.steps, r.train.eval_every, r.train.log_every) == (15, 31, 3)
+    assert (r.optim.lr, r.optim.min_lr, r.optim.weight_decay) == (1e-3, 0.5e-4, 1.0)
+    assert r.model.rope_base == 1e4 and isinstance(r.model.rope_base, float)
+
+
+def test_yaml11_only_forms_are_strings(tmp_path):
+    path = write(tmp_path, "a.yaml", """
+        run: {name: 1_000, description: 2024-01-01}
+        slurm: {time: 24:00:00, partition: 0b101}
+        """)
+    r = resolve(path).recipe
+    assert (r.run.name, r.run.description) == ("1_000", "2024-01-01")
+    assert (r.slurm.time, r.slurm.partition) == ("24:00:00", "0b101")
+
+
+def test_resolved_yaml_quotes_strings_that_look_like_numbers(tmp_path):
+    # Strings YAML 1.2 or 1.1 would read as numbers (0o17, 1e3, 24:00:00) come out quoted, so
+    # resolved.yaml reads back to the same recipe with either.
+    path = write(tmp_path, "a.yaml", f"""
+        run: {{name: '1e3', description: '0o17', output_root: {tmp_path / 'runs'}}}
+        slurm: {{time: '24:00:00', account: '0x1F', partition: '1_000'}}
+        """)
+    r = resolve(path)
+    again = resolve(os.path.join(write_resolved(r), "resolved.yaml"))
+    assert again.recipe == r.recipe and again.config_hash == r.config_hash
+
+
+# --- dicts merge key by key, wherever they come from ---------------------------------------------
+
+def test_dict_override_merges_key_by_key(tmp_path):
+    path = write(tmp_path, "a.yaml", """
+        model:
+          swa: {window: 64}
+          mlstm: {num_heads: 2, chunk_size: 32}
+        train: {seq_length: 256}
+        """)
+    base = resolve(path)
+    same = resolve(path, ["model.swa={}", "model={}", "model.mlstm={num_heads: 2}"])
+    assert same.recipe == base.recipe and same.config_hash == base.config_hash
+    r = resolve(path, ["model.mlstm={num_heads: 4}"]).recipe
+    assert (r.model.swa.window, r.model.mlstm.num_heads, r.model.mlstm.chunk_size) == (64, 4, 32)
+    r = resolve(path, ["model={swa: {window: 16}}"]).recipe
+    assert (r.model.swa.window, r.model.mlstm.chunk_size) == (16, 32)
+
+
+def test_dict_override_origin_is_the_override(tmp_path):
+    path = write(tmp_path, "a.yaml", "model: {mlstm: {num_heads: 2, chunk_size: 32}}\n")
+    with pytest.raises(RecipeError) as e:
+        resolve(path, ["model.mlstm={num_heads: 3}", "parallel.tensor_model_parallel_size=2",
+                       "slurm.gpus_per_node=2", "train.global_batch_size=2"])
+    assert str(e.value).startswith("override `model.mlstm={num_heads: 3}`: model.mlstm.num_heads:")
+
+
+def test_dict_sweep_values_merge_key_by_key(tmp_path):
+    path = write(tmp_path, "s.yaml", """
+        model: {swa: {window: 64}, mlstm: {num_heads: 2, chunk_size: 32}}
+        train: {seq_length: 256}
+        sweep:
+          grid:
+            model.mlstm: [{}, {num_heads: 4}]
+            model: [{swa: {}}]
+        """)
+    entries = [e.recipe for e in resolve_sweep(path)]
+    assert [(m.model.swa.window, m.model.mlstm.num_heads, m.model.mlstm.chunk_size) for m in entries] \
+        == [(64, 2, 32), (64, 4, 32)]
