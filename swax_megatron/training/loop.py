@@ -244,7 +244,7 @@ def _run(resolved, stop: StopRequest, lock) -> int:
         write_resolved(resolved)
         _write_exit(run_dir, None, state.step, "running", start.path)
     has_swa = "S" in engine.config.layer_symbols  # else the window changes nothing
-    eval_window = recipe.eval.window or recipe.model.swa.window
+    eval_window = recipe.model.swa.window if recipe.eval.window is None else recipe.eval.window
     dims = ModelDims.from_config(engine.config)
     dtype = dtype_name(engine.config)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else None

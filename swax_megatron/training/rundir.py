@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 LOCK_FILE = ".lock"
+NO_LOCK_ENV = "SWAX_NO_RUN_LOCK"  # file systems without flock: run unlocked, on the user's word
 
 
 class RunDirError(ValueError):
@@ -86,6 +87,14 @@ class RunLock:
             os.close(fd)
             raise RunBusyError(f"{directory}: another trainer is running on it ({holder}); "
                                f"wait for it to end or stop it first") from None
+        except OSError as e:  # e.g. Lustre mounted without `-o flock`: ENOSYS
+            os.close(fd)
+            if os.environ.get(NO_LOCK_ENV) == "1":
+                return
+            raise RunDirError(f"{directory}: the file system cannot lock files ({e.strerror}); "
+                              f"ask for `flock` support (Lustre: mount -o flock) or set "
+                              f"{NO_LOCK_ENV}=1 and make sure yourself that one trainer runs "
+                              f"per run directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
         self._held.append((fd, path, created))

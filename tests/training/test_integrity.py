@@ -8,7 +8,6 @@ byte-for-byte what it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from forkrun import TINY_RECIPE, find_run_dir, fork_run, run_module, tiny_overrides, train_records
+from swax_megatron.training.checkpoint import file_digest
 from swax_megatron.training.signals import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED,
                                             EXIT_REQUEUE, StopRequest)
 
@@ -113,8 +113,7 @@ def test_a_truncated_shard_behind_a_matching_manifest_is_one_line(tiny_corpus, t
         shard.write_bytes(shard.read_bytes()[:64])
     manifest = json.loads((ckpt / "manifest.json").read_text())
     for name in manifest["files"]:
-        data = (ckpt / name).read_bytes()
-        manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest["files"][name] = file_digest(ckpt / name)
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     line = _one_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
     assert "iter_0000004" in line

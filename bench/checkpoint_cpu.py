@@ -1,0 +1,100 @@
+"""Cost of the run-integrity machinery (issue 10): prints JSON rows, then ratios.
+
+    python bench/checkpoint_cpu.py                 # hidden 512, XS*4 (about 25M parameters)
+    python bench/checkpoint_cpu.py --hidden 1024 --repeats 5
+
+In one process (gloo, world 1), a SWAX model built by the real trainer's engine takes one AdamW
+step (so the checkpoint holds the optimizer moments), then, interleaved repeat by repeat:
+  save_without_manifest  CheckpointManager.save with the manifest step switched off (what a
+                         save cost before the manifest existed)
+  save                   CheckpointManager.save as the trainer runs it (shards + sha256
+                         manifest + `latest`)
+  verify                 checkpoint.manifest_problem: re-reading and hashing every file, what a
+                         resume does once before loading
+  lock                   RunLock.acquire + release on a run directory (once per job; nothing
+                         is done per step)
+Min and median over the repeats; the ratio uses the minima.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from benchutil import cpu_model, emit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_cpu import REPO, init_single_process  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--pattern", default="XS*4")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    init_single_process(seed=1)
+
+    from swax_megatron.config.resolve import resolve
+    from swax_megatron.training import checkpoint as ck
+    from swax_megatron.training.checkpoint import CheckpointManager, TrainState
+    from swax_megatron.training.engine import build_engine, train_step
+    from swax_megatron.training.rundir import RunLock
+
+    layers = len(args.pattern.split("*")[0]) * int(args.pattern.split("*")[1])
+    recipe = resolve(str(REPO / "recipes/tiny/swax.yaml"), [
+        f"model.hidden_size={args.hidden}", f"model.layer_pattern={args.pattern}",
+        f"model.num_layers={layers}", "train.seq_length=128", "train.micro_batch_size=1",
+        "train.global_batch_size=1", "slurm.gpus_per_node=1"]).recipe
+    engine = build_engine(recipe, 2048, torch.device("cpu"))
+    tokens = torch.randint(0, 2048, (1, 129))
+    batch = [{"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(1, 128)}]
+    train_step(engine, batch, window=32, lr=1e-4, weight_decay=0.1)
+    params = sum(p.numel() for p in engine.model.parameters())
+
+    real_manifest = ck.write_manifest
+    times = {k: [] for k in ("save_without_manifest", "save", "verify", "lock")}
+    with tempfile.TemporaryDirectory(dir=REPO) as tmp:
+        manager = CheckpointManager(Path(tmp) / "checkpoints", keep_last=1)
+        step = 0
+        size = 0
+        for _ in range(args.repeats):
+            for name in ("save_without_manifest", "save"):
+                ck.write_manifest = (lambda path: None) if name == "save_without_manifest" \
+                    else real_manifest
+                step += 1
+                t0 = time.perf_counter()
+                path, why = manager.save(step, engine.model, engine.optimizer, TrainState(step=step),
+                                         {"config_hash": "bench"})
+                times[name].append(time.perf_counter() - t0)
+                assert path is not None, why
+            size = sum(f.stat().st_size for f in path.iterdir())
+            t0 = time.perf_counter()
+            assert ck.manifest_problem(path) is None
+            times["verify"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            RunLock.acquire([Path(tmp) / "run"]).release()
+            times["lock"].append(time.perf_counter() - t0)
+        ck.write_manifest = real_manifest
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for name, ts in times.items():
+        emit({"what": name, "params": params, "checkpoint_bytes": size, "min_s": min(ts),
+              "median_s": statistics.median(ts), "repeats": len(ts), "threads": args.threads,
+              "cpu": cpu_model(), "torch": torch.__version__, "date": stamp})
+    emit({"ratio": "save / save_without_manifest", "value": min(times["save"])
+          / min(times["save_without_manifest"])})
+    emit({"ratio": "manifest hashing MB/s", "value": size / 1e6 / max(
+        1e-9, min(times["save"]) - min(times["save_without_manifest"]))})
+
+
+if __name__ == "__main__":
+    main()
