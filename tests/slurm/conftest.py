@@ -26,18 +26,27 @@ def _skip_reason() -> str:
     return ""
 
 
-@pytest.fixture(scope="session")
-def cluster():
+# The two kinds of partition the scripts must work on, each a one-node cluster whose CPUs and GPUs
+# are advertised on the 2-core machine, not real. Tests run on both unless they ask for one
+# (slurm_testing.on_gpu_cluster / on_cpu_cluster); pytest brings up one cluster at a time.
+CLUSTERS = {
+    # a 2-task job fits, and the three 1-GPU tasks of the test sweep run at once
+    "gpu": dict(cpus=4, gpus=3, partitions=(("debug", "INFINITE"), ("short", "00:10:00"))),
+    # no GRES at all, so sbatch refuses any GPU request; 64 CPUs fit the #SBATCH header defaults
+    # of slurm/*.sh (8 tasks x 8 CPUs)
+    "cpu": dict(cpus=64, gpus=0, partitions=(("cpu", "INFINITE"),)),
+}
+
+
+@pytest.fixture(scope="session", params=list(CLUSTERS))
+def cluster(request):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     # not under pytest's tmp folder: munged wants every folder above its socket searchable by all
-    root = tempfile.mkdtemp(prefix="swax-slurm-")
+    root = tempfile.mkdtemp(prefix=f"swax-slurm-{request.param}-")
     os.chmod(root, 0o755)
-    # 4 CPUs and 3 (fake) GPUs advertised on the 2-core machine: a 2-task job fits, and the
-    # three 1-GPU tasks of the test sweep run at once
-    c = LocalCluster(str(root), cpus=4, gpus=3,
-                     partitions=(("debug", "INFINITE"), ("short", "00:10:00")))
+    c = LocalCluster(str(root), **CLUSTERS[request.param])
     try:
         c.up()
         yield c

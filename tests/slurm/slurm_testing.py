@@ -8,7 +8,13 @@ import subprocess
 import sys
 from typing import Dict, List
 
+import pytest
+
 from slurm_cluster import LocalCluster
+
+# a test that is about one kind of cluster (conftest.CLUSTERS) only
+on_gpu_cluster = pytest.mark.parametrize("cluster", ["gpu"], indirect=True)
+on_cpu_cluster = pytest.mark.parametrize("cluster", ["cpu"], indirect=True)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -28,9 +34,11 @@ class Swax:
         env.pop("SWAX_LOCAL", None)
         return env
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "swax_megatron.cli", *args], cwd=self.workdir,
-                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 120, prefix=()) -> subprocess.CompletedProcess:
+        """`prefix`: a command the CLI runs under (setpriv, to drop capabilities)."""
+        return subprocess.run([*prefix, sys.executable, "-m", "swax_megatron.cli", *args],
+                              cwd=self.workdir, env=self.env(), capture_output=True, text=True,
+                              timeout=timeout)
 
     def script(self, name: str, *args: str, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", os.path.join(REPO, "slurm", name), *args], cwd=self.workdir,

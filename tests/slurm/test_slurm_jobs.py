@@ -1,22 +1,27 @@
 """slurm/pretrain.sh and slurm/sweep.sh on a real one-node SLURM cluster, with the real trainer.
 
 The uninterrupted 2-task sbatch run is the reference: a preempted and requeued run and a local
-(torchrun --standalone) run of the same recipe must reproduce its losses exactly.
+(torchrun --standalone) run of the same recipe must reproduce its losses exactly. The documented
+ways to submit (`swax slurm submit`, `sbatch $(swax slurm options ...)`, `swax sweep submit`, a
+plain sbatch) run on a partition with GPUs and on one without any GRES (conftest.CLUSTERS); the
+rest runs on the GPU cluster only.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from slurm_testing import REPO, records, train_losses
+from slurm_testing import REPO, on_cpu_cluster, on_gpu_cluster, records, train_losses
 
 RECIPE = os.path.join(REPO, "recipes", "tiny", "swax.yaml")
 SWEEP = os.path.join(REPO, "recipes", "tiny", "window_sweep.yaml")
+PRETRAIN = os.path.join(REPO, "slurm", "pretrain.sh")
 STEPS = 16
 # Small enough for a 2-core machine: short sequences, a few steps, one eval.
 TINY = ["train.seq_length=128", "optim.warmup_steps=2", "train.eval_every=1000",
@@ -54,13 +59,15 @@ def reference(swax, cluster, cache, tmp_path_factory):
     args = overrides(str(tmp_path_factory.mktemp("ref")), cache)
     job = swax.submit("slurm", "submit", RECIPE, *args)
     infos, log = finished(cluster, job)
-    return job, infos[0], log, run_dir_of(swax, RECIPE, args)
+    return job, infos[0], log, run_dir_of(swax, RECIPE, args), args
 
 
-def test_sbatch_pretrain_two_tasks(reference):
-    job, info, log, run_dir = reference
+def test_sbatch_pretrain_two_tasks(reference, cluster):
+    job, info, log, run_dir, _ = reference
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log
     assert info["NumTasks"] == "2" and "launcher srun, world size 2" in log, log
+    # GPUs are asked for where the partition has them, and only there
+    assert info.get("TresPerNode", "") == ("gres:gpu:2" if cluster.gpus else ""), info
     assert os.path.exists(os.path.join(run_dir, "DONE"))
     latest = os.path.join(run_dir, "checkpoints", "latest")
     assert os.path.exists(latest), log
@@ -69,6 +76,7 @@ def test_sbatch_pretrain_two_tasks(reference):
     assert os.path.exists(os.path.join(run_dir, "summary.json"))
 
 
+@on_gpu_cluster
 def test_preemption_checkpoints_requeues_and_resumes(swax, cluster, cache, reference, tmp_path):
     steps = STEPS
     args = overrides(str(tmp_path), cache, steps)
@@ -98,6 +106,7 @@ def test_preemption_checkpoints_requeues_and_resumes(swax, cluster, cache, refer
     assert os.path.exists(os.path.join(run_dir, "DONE"))
 
 
+@on_gpu_cluster
 def test_local_mode_runs_the_same_recipe(swax, cache, reference, tmp_path):
     args = overrides(str(tmp_path), cache)
     p = swax.script("pretrain.sh", RECIPE, *args)
@@ -114,8 +123,9 @@ def test_local_mode_runs_the_same_recipe(swax, cache, reference, tmp_path):
 def test_sweep_array_job_and_resubmission(swax, cluster, cache, tmp_path):
     # one process per entry, so all three run at once on the 3 (fake) GPUs; torchrun per node
     args = overrides(str(tmp_path), cache, 4, "slurm.gpus_per_node=1", "slurm.launcher=torchrun")
-    p = swax.cli("sweep", "submit", SWEEP, *args, "--parallel", "2", "--dry-run")
+    p = swax.cli("sweep", "submit", SWEEP, "--parallel", "2", "--dry-run", *args)  # overrides last
     assert p.returncode == 0 and " --array=0-2%2 " in p.stdout, p.stderr
+    assert (" --gpus-per-node=1 " in p.stdout) == bool(cluster.gpus), p.stdout
     job = swax.submit("sweep", "submit", SWEEP, *args, "--parallel", "3")
     infos, log = finished(cluster, job)
     assert len(infos) == 3
@@ -131,11 +141,14 @@ def test_sweep_array_job_and_resubmission(swax, cluster, cache, tmp_path):
     assert windows == [32, 64, 128]
     mtimes = [os.path.getmtime(os.path.join(d, "metrics.jsonl")) for d in run_dirs]
 
-    # resubmitting the same array: every task sees DONE and exits at once
-    opts = swax.cli("slurm", "options", SWEEP, *args, "--sweep").stdout.split()
+    # resubmitting the same array: every task sees DONE and exits at once. By hand with the
+    # recipe's options; on the CPU cluster a plain sbatch with the header defaults (they fit)
+    opts = swax.cli("slurm", "options", SWEEP, *args, "--sweep").stdout.split() if cluster.gpus else []
     again = swax.sbatch("--array=0-2", *opts, os.path.join(REPO, "slurm", "sweep.sh"), SWEEP, *args)
     infos, log = finished(cluster, again, timeout=120)
     assert {i["JobState"] for i in infos} == {"COMPLETED"}, log
+    if not cluster.gpus:
+        assert {i["NumTasks"] for i in infos} == {"8"}, infos  # the header's shape
     assert log.count("is done: nothing to do") == 3, log
     assert mtimes == [os.path.getmtime(os.path.join(d, "metrics.jsonl")) for d in run_dirs]
 
@@ -153,6 +166,7 @@ def job_ids(cluster):
     return set(cluster.run("squeue", "-h", "-t", "all", "-o", "%i").stdout.split())
 
 
+@on_gpu_cluster
 @pytest.mark.parametrize("args,message", [
     (["slurm.gpus_per_node=4", "train.global_batch_size=16"],
      "slurm.gpus_per_node=4, but the nodes of partition `debug` have at most 3 GPUs"),
@@ -172,6 +186,7 @@ def test_errors_before_submission(swax, cluster, args, message):
     assert job_ids(cluster) == before
 
 
+@on_gpu_cluster
 def test_unreadable_recipe_is_not_submitted(swax, cluster, tmp_path):
     before = job_ids(cluster)
     for recipe, message in [(str(tmp_path / "missing.yaml"), "recipe file not found"),
@@ -182,11 +197,17 @@ def test_unreadable_recipe_is_not_submitted(swax, cluster, tmp_path):
     assert job_ids(cluster) == before
 
 
-def test_sweep_submit_needs_a_sweep(swax):
+@on_gpu_cluster
+def test_submit_command_fits_the_recipe_kind(swax):
     p = swax.cli("sweep", "submit", RECIPE)
     assert p.returncode == 2 and "recipe has no sweep block" in p.stderr
+    for cmd in (["slurm", "submit"], ["slurm", "options"]):
+        p = swax.cli(*cmd, SWEEP)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "recipe has a sweep block: submit it with `swax sweep submit`" in p.stderr
 
 
+@on_gpu_cluster
 def test_job_shaped_unlike_the_recipe_fails_fast(swax, cluster, cache, tmp_path):
     # a plain sbatch with one task for a recipe whose world size is 2: stopped before any rank starts
     job = swax.sbatch("--ntasks-per-node=1", "--gpus-per-node=1", "--cpus-per-task=1", "--time=5",
@@ -197,6 +218,7 @@ def test_job_shaped_unlike_the_recipe_fails_fast(swax, cluster, cache, tmp_path)
     assert "the recipe's world size is 2 (slurm.nodes x slurm.gpus_per_node = 1 x 2), this job has 1 tasks" in log
 
 
+@on_gpu_cluster
 def test_master_addr_is_never_guessed(swax, cache, tmp_path):
     env = swax.env(slurm=True)
     env.update(SLURM_JOB_ID="999999", SLURM_JOB_NODELIST="", SLURM_NTASKS="2")
@@ -204,6 +226,106 @@ def test_master_addr_is_never_guessed(swax, cache, tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr
     assert "refusing to guess MASTER_ADDR" in p.stderr
     assert not glob.glob(str(tmp_path / "*" / "metrics.jsonl"))
+
+
+def test_sbatch_with_the_recipes_options(swax, cluster, reference):
+    """`sbatch $(swax slurm options RECIPE) slurm/pretrain.sh RECIPE`, for the reference's run:
+    sbatch takes the options on either kind of partition, the job sees DONE and exits 0."""
+    *_, args = reference
+    p = swax.cli("slurm", "options", RECIPE, *args)
+    assert p.returncode == 0, p.stderr
+    opts = p.stdout.split()
+    assert ("--gpus-per-node=2" in opts) == bool(cluster.gpus), opts
+    assert cluster.gpus or "partition `cpu` has no GPUs: 2 processes per node on CPUs" in p.stderr
+    job = swax.sbatch(*opts, PRETRAIN, RECIPE, *args)
+    infos, log = finished(cluster, job, timeout=60)
+    assert infos[0]["JobState"] == "COMPLETED" and "is done: nothing to do" in log, log
+
+
+@on_cpu_cluster
+def test_plain_sbatch_on_a_cpu_partition(swax, cluster, cache, reference, tmp_path):
+    """The #SBATCH header defaults alone: sbatch accepts them without GPU GRES (8 tasks here)."""
+    *_, args = reference
+    job = swax.sbatch(PRETRAIN, RECIPE, *args)
+    infos, log = finished(cluster, job, timeout=60)
+    assert infos[0]["JobState"] == "COMPLETED" and "is done: nothing to do" in log, log
+    assert infos[0]["NumTasks"] == "8" and infos[0].get("TresPerNode", "") == "", infos[0]
+    # a run that is not done gets as far as the shape check: the recipe's 2 ranks are not 8 tasks
+    job = swax.sbatch(PRETRAIN, RECIPE, *overrides(str(tmp_path), cache))
+    infos, log = finished(cluster, job, timeout=60)
+    assert infos[0]["JobState"] == "FAILED" and infos[0]["ExitCode"] == "2:0", log
+    assert "the recipe's world size is 2 (slurm.nodes x slurm.gpus_per_node = 1 x 2), this job has 8 tasks" in log
+
+
+@on_cpu_cluster
+def test_errors_before_submission_on_a_cpu_partition(swax, cluster):
+    before = job_ids(cluster)
+    for args, message in [
+        (["slurm.cpus_per_task=40"], "2 x 40 = 80 CPUs per node, but the nodes of partition `cpu` have at most 64"),
+        (["slurm.partition=debug"], "partition `debug` does not exist on this cluster (partitions: cpu)"),
+        # --no-check cannot know the partition has no GPUs: it asks for them, and sbatch says no
+        (["--no-check"], "sbatch refused the job: sbatch: error: Invalid generic resource (gres) specification"),
+    ]:
+        p = swax.cli("slurm", "submit", RECIPE, *args)
+        assert p.returncode == 2 and p.stdout == "", p.stderr
+        assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
+    assert job_ids(cluster) == before
+
+
+@on_gpu_cluster
+@pytest.mark.parametrize("gpus", [[], ["--gpus-per-node=1"]], ids=["none", "one"])
+def test_gpu_nodes_without_their_gpus_fail_fast(swax, cluster, cache, tmp_path, gpus):
+    """A plain sbatch on GPU nodes (the header asks for no GPUs) with fewer GPUs than ranks per node
+    stops before any rank starts, instead of training on CPUs or sharing a GPU."""
+    job = swax.sbatch("--ntasks-per-node=2", "--cpus-per-task=1", "--time=5", *gpus,
+                      f"--output={tmp_path}/%j.out", PRETRAIN, RECIPE, *overrides(str(tmp_path), cache))
+    infos, log = finished(cluster, job, timeout=60)
+    assert infos[0]["JobState"] == "FAILED" and infos[0]["ExitCode"] == "2:0", log
+    have = len(gpus)
+    assert (f"the recipe runs 2 processes per node (slurm.gpus_per_node), this job has {have} of the "
+            f"node's GPUs (gpu:3): add --gpus-per-node=2") in log, log
+    assert not glob.glob(str(tmp_path / "*" / "metrics.jsonl"))
+
+
+@on_gpu_cluster
+def test_unknown_site_profile_is_refused_before_anything_runs(swax, cluster, cache, tmp_path):
+    before = job_ids(cluster)
+    out = tmp_path / "out"
+    bad = [f"run.output_root={out}", "slurm.site=nosuch"]
+    for cmd, recipe in [(["slurm", "options"], RECIPE), (["slurm", "submit"], RECIPE),
+                        (["sweep", "submit"], SWEEP), (["slurm", "job-env"], RECIPE)]:
+        p = swax.cli(*cmd, recipe, *bad)
+        assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, (cmd, p.stderr)
+        assert "override `slurm.site=nosuch`: slurm.site: no site profile `nosuch` (profiles in " in p.stderr
+        assert "default" in p.stderr.split("profiles in ")[1], p.stderr
+    # the job's own check (job-env) with the folder the script found, before anything is written
+    p = swax.script("pretrain.sh", RECIPE, *overrides(str(out), cache), "slurm.site=nosuch")
+    assert p.returncode == 2 and "no site profile `nosuch`" in p.stderr, p.stdout + p.stderr
+    assert not out.exists() and job_ids(cluster) == before
+
+
+@on_gpu_cluster
+def test_log_folder_that_cannot_be_created(swax, cluster, tmp_path):
+    """run.output_root is a file, or a folder nobody may write to: one line, nothing submitted."""
+    afile = tmp_path / "file"
+    afile.write_text("not a folder\n")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # root writes anywhere: drop the capability that lets it, where the tool for that exists
+    setpriv = shutil.which("setpriv")
+    drop = [setpriv, "--bounding-set=-dac_override", "--"] if os.geteuid() == 0 and setpriv else []
+    cases = [(str(afile), (), "Not a directory")]
+    if drop or os.geteuid() != 0:
+        cases.append((str(locked / "runs"), drop, "Permission denied"))
+    before = job_ids(cluster)
+    for root, prefix, reason in cases:
+        for cmd, recipe in [(["slurm", "options"], RECIPE), (["slurm", "submit"], RECIPE),
+                            (["sweep", "submit"], SWEEP)]:
+            p = swax.cli(*cmd, recipe, f"run.output_root={root}", prefix=prefix)
+            assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, (cmd, p.stderr)
+            assert (f"run.output_root: cannot create the log folder {root}/slurm-logs: {reason}"
+                    in p.stderr), p.stderr
+    assert os.listdir(locked) == [] and job_ids(cluster) == before
 
 
 def test_scripts_are_valid_bash():
