@@ -129,6 +129,10 @@ def read_raw(path: str, _stack: Tuple[str, ...] = ()) -> RawRecipe:
     merged = deep_merge(merged, dict(data), origins, own_origins)
     files.append(path)
     sweep = merged.pop("sweep", None)
+    if "sweep" in data and not sweep:
+        # `sweep:` with nothing under it reads as null: it would silently be "no sweep".
+        raise RecipeError("empty sweep block: give it grid, zip or seeds, or remove it",
+                          path="sweep", origin=origins.get("sweep", path))
     return RawRecipe(data=merged, origins=origins, files=files, sweep=sweep)
 
 

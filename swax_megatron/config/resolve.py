@@ -127,13 +127,19 @@ def _build(raw: loader.RawRecipe, overrides: Sequence[str], entry: Optional[Swee
 
 
 def resolve(path: str, overrides: Sequence[str] = (), sweep_index: Optional[int] = None) -> Resolved:
-    """Resolve a recipe; with `sweep_index`, entry i of its sweep block."""
+    """Resolve a recipe; with `sweep_index`, entry i of its sweep block. A recipe with a sweep
+    block needs the index: without it, it would silently train the un-swept base recipe."""
     raw = loader.read_raw(path)
-    if sweep_index is None:
+    if raw.sweep is None:
+        if sweep_index is not None:
+            raise RecipeError("recipe has no sweep block", origin=path)
         return _build(raw, overrides, None, 0)
     entries = expand_sweep(raw.sweep, raw.origins)
-    if raw.sweep is None:
-        raise RecipeError("recipe has no sweep block", origin=path)
+    if sweep_index is None:
+        raise RecipeError(
+            f"recipe has a sweep block of {len(entries)} entries: choose one with `swax recipe "
+            f"sweep {path} --index I` (the trainer's and `swax slurm job-env`'s --sweep-index I), "
+            f"or run them all with `swax sweep submit {path}`", origin=path)
     if not 0 <= sweep_index < len(entries):
         raise RecipeError(f"sweep index {sweep_index} out of range: the sweep has {len(entries)} "
                           f"entries (0..{len(entries) - 1})", origin=path)

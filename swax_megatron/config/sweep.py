@@ -22,6 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import RecipeError, did_you_mean
 
 SWEEP_KEYS = ("grid", "zip", "seeds")
+# Every entry is resolved and validated before anything is submitted, and SLURM arrays are
+# bounded too (MaxArraySize is 1001 by default): a sweep larger than this is a typo.
+MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,13 @@ def expand_sweep(sweep: Optional[Dict[str, Any]], origins: Dict[str, str]) -> Li
         seen.append("run.seed")
     if not axes:
         raise RecipeError("sweep has no grid, zip or seeds", path="sweep", origin=origins.get("sweep"))
+    count = 1
+    for axis in axes:  # counted before itertools.product builds anything
+        count *= len(axis)
+    if count > MAX_ENTRIES:
+        sizes = " x ".join(str(len(axis)) for axis in axes)
+        raise RecipeError(f"sweep has {sizes} = {count:,} entries (at most {MAX_ENTRIES:,})",
+                          path="sweep", origin=origins.get("sweep"))
     names = _short_names(seen)
     entries = []
     for i, combo in enumerate(itertools.product(*axes)):

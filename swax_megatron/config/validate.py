@@ -1,19 +1,101 @@
-"""Cross-field checks of a typed recipe: what no single field's type can say.
+"""Checks of a typed recipe that no field's type can say: ranges, names, cross-field rules.
 
 Each rule raises RecipeError naming the dotted key that is wrong and where it was set. The rules
-are the ones a job would otherwise fail on minutes (or hours) later: patterns that do not match
-the layer count, head counts that do not split over tensor parallelism, batches that do not split
-over data parallelism, windows longer than the sequence.
+are the ones a job would otherwise fail on minutes (or hours) later, or worse, run on silently:
+sizes no machine can hold, zero or negative counts, patterns that do not match the layer count,
+head counts that do not split over tensor parallelism, batches that do not split over data
+parallelism, windows longer than the sequence, names that would escape the output folder.
+
+Upper bounds are far above anything trainable (the paper's 7B: hidden 4096, 32 layers, sequences
+of 131072 for evaluation) and exist so that a typo (`hidden_size=10**20`) is one line here, not a
+crash or an allocation of gigabytes later:
+
+    model.hidden_size, heads, query groups     <= 131,072 (MAX_WIDTH)
+    model.ffn_hidden_size                      <= 1,048,576
+    model.num_layers, layers of the pattern    <= 4,096 (pattern.MAX_LAYERS)
+    model.vocab_size, data.tokenizer_vocab_size <= 16,777,216 (MAX_VOCAB)
+    train.seq_length, every window and length  <= 16,777,216 tokens (MAX_TOKENS)
+    train.steps and every step count            <= 1,000,000,000 (MAX_STEPS)
+    batch sizes (train, eval)                   <= 16,777,216 sequences (MAX_BATCH)
+    slurm.nodes <= 65,536, gpus_per_node <= 1,024, cpus_per_task <= 4,096, signal_seconds <= 65,535
+    run.seed in [0, 2**31 - 1] (numpy seeds are 32-bit; megatron adds offsets)
+    run.name, slurm.job_name: one path component of [A-Za-z0-9_.+=-], starting with a letter or
+    digit, at most 200 characters including a sweep entry's `__key=value` suffix (MAX_NAME)
+
+Every float is finite (loader.coerce) and every string free of control characters (loader).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional
+import re
+import typing
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import pattern as pattern_mod
-from .errors import RecipeError
+from .errors import RecipeError, shorten
 from .schema import Recipe
+
+MAX_WIDTH = 1 << 17
+MAX_FFN = 1 << 20
+MAX_VOCAB = 1 << 24
+MAX_TOKENS = 1 << 24
+MAX_STEPS = 10 ** 9
+MAX_BATCH = 1 << 24
+MAX_COUNT = 10 ** 6  # eval iterations, NIAH samples, checkpoints kept, array parallelism
+MAX_NODES, MAX_GPUS_PER_NODE, MAX_CPUS_PER_TASK = 1 << 16, 1 << 10, 1 << 12
+MAX_SIGNAL_SECONDS = 65535  # sbatch --signal's limit
+MAX_SEED = 2 ** 31 - 1
+MAX_NAME = 200  # a run directory is <name>-<hash8>, and a file name has at most 255 bytes
+
+# (dotted key, lowest, highest) of every int field; a list field's items each; null passes where
+# the type allows it. Bounds that depend on other fields (warmup <= steps) are rules below.
+INT_RANGES: List[Tuple[str, int, int]] = [
+    ("run.seed", 0, MAX_SEED),
+    ("model.vocab_size", 1, MAX_VOCAB),
+    ("model.hidden_size", 1, MAX_WIDTH),
+    ("model.num_layers", 1, pattern_mod.MAX_LAYERS),
+    ("model.num_attention_heads", 1, MAX_WIDTH),
+    ("model.num_query_groups", 1, MAX_WIDTH),
+    ("model.ffn_hidden_size", 1, MAX_FFN),
+    ("model.swa.window", 1, MAX_TOKENS),
+    ("model.mlstm.num_heads", 1, MAX_WIDTH),
+    ("model.mlstm.chunk_size", 1, MAX_TOKENS),
+    ("parallel.tensor_model_parallel_size", 1, MAX_NODES * MAX_GPUS_PER_NODE),
+    ("parallel.pipeline_model_parallel_size", 1, MAX_NODES * MAX_GPUS_PER_NODE),
+    ("train.steps", 1, MAX_STEPS),
+    ("train.micro_batch_size", 1, MAX_BATCH),
+    ("train.global_batch_size", 1, MAX_BATCH),
+    ("train.seq_length", 1, MAX_TOKENS),
+    ("train.window_schedule.short", 1, MAX_TOKENS),
+    ("train.window_schedule.long", 1, MAX_TOKENS),
+    ("train.window_schedule.windows", 1, MAX_TOKENS),
+    ("train.log_every", 1, MAX_STEPS),
+    ("train.eval_every", 1, MAX_STEPS),
+    ("train.eval_iters", 0, MAX_COUNT),
+    ("train.max_consecutive_nonfinite", 1, MAX_STEPS),
+    ("optim.warmup_steps", 0, MAX_STEPS),
+    ("data.tokenizer_vocab_size", 260, MAX_VOCAB),  # 256 byte-fallback pieces plus specials
+    ("checkpoint.every_steps", 1, MAX_STEPS),
+    ("checkpoint.keep_last", 1, MAX_COUNT),
+    # The trainer reads `eval.window or model.swa.window`: 0 must not mean "the default".
+    ("eval.window", 1, MAX_TOKENS),
+    ("eval.niah_lengths", 1, MAX_TOKENS),
+    ("eval.niah_samples", 1, MAX_COUNT),
+    ("eval.batch_size", 1, MAX_BATCH),
+    ("slurm.nodes", 1, MAX_NODES),
+    ("slurm.gpus_per_node", 1, MAX_GPUS_PER_NODE),
+    ("slurm.cpus_per_task", 1, MAX_CPUS_PER_TASK),
+    ("slurm.array_parallelism", 1, MAX_COUNT),
+    ("slurm.signal_seconds", 0, MAX_SIGNAL_SECONDS),
+]
+
+# Names that become a path component, a job name or an sbatch argument: a leading letter or
+# digit (no `-` option, no `.`/`..`, no hidden file), then only characters no shell, path or
+# SLURM treats specially. `=` and `+` occur in sweep suffixes (`__lr=1e+01`).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # partition, account, site
+# What `sbatch --time` takes (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS), as launch.minutes.
+_SLURM_TIME = re.compile(r"(?:[0-9]{1,4}-)?[0-9]{1,7}(?::[0-9]{1,2}){0,2}|infinite|unlimited", re.I)
 
 
 class _Checker:
@@ -32,31 +114,65 @@ class _Checker:
             raise RecipeError(message, path=path, origin=self.origin(path))
 
 
+def _get(recipe: Recipe, path: str) -> Any:
+    node: Any = recipe
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_int_ranges(c: _Checker, recipe: Recipe) -> None:
+    for path, lo, hi in INT_RANGES:
+        value = _get(recipe, path)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
+            where = path if i is None else f"{path}.{i}"
+            if v is None:
+                continue
+            if v < lo:
+                c.require(False, where, f"must be >= {lo}{' (or null)' if _nullable(path) else ''}, "
+                                        f"got {v}")
+            c.require(v <= hi, where, f"must be <= {hi:,}, got {v:,}")
+
+
+def _nullable(path: str) -> bool:
+    section, _, name = path.rpartition(".")
+    return type(None) in typing.get_args(typing.get_type_hints(type(_get(Recipe(), section)))[name])
+
+
+def _check_name(c: _Checker, path: str, value: Optional[str], rx: re.Pattern, what: str) -> None:
+    if value is None:
+        return
+    c.require(value != "", path, "must not be empty")
+    c.require(len(value) <= MAX_NAME, path,
+              f"{shorten(value, 40)!r} is {len(value)} characters (at most {MAX_NAME}"
+              + ("; sweep entries add `__key=value` suffixes)" if path == "run.name" else ")"))
+    c.require(rx.fullmatch(value) is not None, path, f"{value!r} is not {what}")
+
+
+def _check_names(c: _Checker, r: Recipe) -> None:
+    name_rule = "a plain name: a letter or digit, then letters, digits and _ . + = -"
+    _check_name(c, "run.name", r.run.name, _NAME, name_rule)
+    s = r.slurm
+    _check_name(c, "slurm.job_name", s.job_name, _NAME, name_rule)
+    _check_name(c, "slurm.account", s.account, _SLURM_WORD, "a SLURM account name")
+    _check_name(c, "slurm.site", s.site, _SLURM_WORD,
+                "a site profile name (slurm/site/<site>.env)")
+    if s.partition is not None:
+        for part in s.partition.split(","):  # sbatch takes a comma-separated list
+            _check_name(c, "slurm.partition", part, _SLURM_WORD, "a SLURM partition name")
+    c.require(_SLURM_TIME.fullmatch(s.time) is not None, "slurm.time",
+              f"{shorten(s.time, 40)!r} is not a SLURM time (MM, HH:MM:SS or D-HH:MM:SS)")
+
+
 def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     c = _Checker(origins or {})
     r, m, p, t = recipe, recipe.model, recipe.parallel, recipe.train
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
 
-    # Positive sizes.
-    for path, value in [
-        ("model.hidden_size", m.hidden_size), ("model.num_layers", m.num_layers),
-        ("model.num_attention_heads", m.num_attention_heads), ("model.mlstm.num_heads", m.mlstm.num_heads),
-        ("model.mlstm.chunk_size", m.mlstm.chunk_size), ("model.swa.window", m.swa.window),
-        ("parallel.tensor_model_parallel_size", tp), ("parallel.pipeline_model_parallel_size", pp),
-        ("train.steps", t.steps), ("train.micro_batch_size", t.micro_batch_size),
-        ("train.global_batch_size", t.global_batch_size), ("train.seq_length", t.seq_length),
-        ("train.log_every", t.log_every), ("train.eval_every", t.eval_every),
-        ("train.max_consecutive_nonfinite", t.max_consecutive_nonfinite),
-        ("checkpoint.every_steps", r.checkpoint.every_steps), ("checkpoint.keep_last", r.checkpoint.keep_last),
-        ("slurm.nodes", r.slurm.nodes), ("slurm.gpus_per_node", r.slurm.gpus_per_node),
-        ("slurm.cpus_per_task", r.slurm.cpus_per_task),
-    ]:
-        c.require(value >= 1, path, f"must be >= 1, got {value}")
-    for path, value in [("model.vocab_size", m.vocab_size), ("model.num_query_groups", m.num_query_groups),
-                        ("model.ffn_hidden_size", m.ffn_hidden_size),
-                        ("slurm.array_parallelism", r.slurm.array_parallelism)]:
-        c.require(value is None or value >= 1, path, f"must be >= 1 (or null), got {value}")
-    c.require(t.eval_iters >= 0, "train.eval_iters", f"must be >= 0, got {t.eval_iters}")
+    # Ranges first: the rules below may then do arithmetic and expand the pattern safely.
+    _check_int_ranges(c, r)
+    _check_names(c, r)
 
     # Layer pattern.
     try:
@@ -65,7 +181,7 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     except pattern_mod.PatternError as e:
         raise RecipeError(str(e), path="model.layer_pattern", origin=c.origin("model.layer_pattern")) from None
     c.require(len(layers) == m.num_layers, "model.layer_pattern",
-              f"pattern {m.layer_pattern!r} has {len(layers)} layers but model.num_layers is {m.num_layers}")
+              f"pattern {pattern_mod.shown(m.layer_pattern)} has {len(layers)} layers but model.num_layers is {m.num_layers}")
     c.require(all(stages), "parallel.pipeline_model_parallel_size",
               f"{pp} pipeline stages leave a stage without layers")
     has_attn, has_mlstm, has_swa = any(s in layers for s in "SG"), "X" in layers, "S" in layers
@@ -95,9 +211,13 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
                       f"{x.num_heads} mLSTM heads")
         c.require(t.seq_length % x.chunk_size == 0, "model.mlstm.chunk_size",
                   f"train.seq_length {t.seq_length} is not divisible by mLSTM chunk_size {x.chunk_size}")
-        c.require(x.gate_soft_cap > 0, "model.mlstm.gate_soft_cap", "must be > 0")
-        c.require(len(x.fgate_bias_init) == 2 and x.fgate_bias_init[0] <= x.fgate_bias_init[1],
-                  "model.mlstm.fgate_bias_init", "must be [low, high] with low <= high")
+    x = m.mlstm
+    c.require(x.gate_soft_cap > 0, "model.mlstm.gate_soft_cap", f"must be > 0, got {x.gate_soft_cap}")
+    c.require(len(x.fgate_bias_init) == 2 and x.fgate_bias_init[0] <= x.fgate_bias_init[1],
+              "model.mlstm.fgate_bias_init", "must be [low, high] with low <= high")
+    c.require(x.norm_epsilon > 0, "model.mlstm.norm_epsilon", f"must be > 0, got {x.norm_epsilon}")
+    c.require(m.norm_epsilon > 0, "model.norm_epsilon", f"must be > 0, got {m.norm_epsilon}")
+    c.require(m.init_method_std > 0, "model.init_method_std", f"must be > 0, got {m.init_method_std}")
     c.require(m.output_logit_soft_cap is None or m.output_logit_soft_cap > 0,
               "model.output_logit_soft_cap", "must be > 0 or null")
     c.require(m.rope_base > 0, "model.rope_base", "must be > 0")
@@ -113,13 +233,11 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
               f"probability must be in [0, 1], got {ws.p_short}")
     c.require(0.0 <= ws.anneal_fraction <= 1.0, "train.window_schedule.anneal_fraction",
               f"fraction must be in [0, 1], got {ws.anneal_fraction}")
-    c.require(ws.short >= 1 and ws.long >= 1, "train.window_schedule", "windows must be >= 1")
     if ws.kind == "stochastic":
         c.require(ws.short <= ws.long, "train.window_schedule.short",
                   f"short window {ws.short} is longer than the long window {ws.long}")
     if ws.kind == "list":
         c.require(len(ws.windows) > 0, "train.window_schedule.windows", "kind `list` needs a non-empty list")
-        c.require(all(w >= 1 for w in ws.windows), "train.window_schedule.windows", "windows must be >= 1")
     elif ws.windows:
         c.require(False, "train.window_schedule.windows", f"only used with kind `list` (kind is `{ws.kind}`)")
     if has_swa and ws.kind == "stochastic":
@@ -144,12 +262,13 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
 
     # Optimiser and schedule.
     o = r.optim
-    c.require(o.lr > 0 and math.isfinite(o.lr), "optim.lr", f"must be > 0, got {o.lr}")
+    c.require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     c.require(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
     c.require(0 <= o.warmup_steps <= t.steps, "optim.warmup_steps",
               f"must be in [0, train.steps={t.steps}], got {o.warmup_steps}")
     c.require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim", "betas must be in [0, 1)")
     c.require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    c.require(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
     c.require(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping)")
     c.require(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
 
@@ -167,15 +286,23 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     if d.weights is not None:
         c.require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0, "data.weights",
                   "must be non-negative with a positive sum")
-    parts = d.split.split(",")
-    c.require(len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts)
+    c.require(all(s != "" for s in (d.source if isinstance(d.source, list) else [d.source])),
+              "data.source", "a dataset prefix must not be empty")
+    # [0-9], not str.isdigit(): that also takes '²', which float() refuses.
+    parts = [x.strip() for x in d.split.split(",")]
+    c.require(len(parts) == 3 and all(re.fullmatch(r"[0-9]{1,15}(?:\.[0-9]{0,15})?", x) for x in parts)
               and sum(float(x) for x in parts) > 0, "data.split",
-              f"must be three non-negative numbers like '969,30,1', got {d.split!r}")
-    c.require(d.tokenizer_vocab_size >= 260, "data.tokenizer_vocab_size",
-              "must be >= 260 (256 byte-fallback pieces plus specials)")
+              f"must be three non-negative numbers like '969,30,1', got {shorten(d.split, 40)!r}")
 
     # Checkpoints.
     ck = r.checkpoint
     c.require(ck.every_minutes is None or ck.every_minutes > 0, "checkpoint.every_minutes",
               "must be > 0 or null")
-    c.require(r.slurm.signal_seconds >= 0, "slurm.signal_seconds", "must be >= 0")
+    c.require(t.exit_after_minutes is None or t.exit_after_minutes > 0, "train.exit_after_minutes",
+              f"must be > 0 or null, got {t.exit_after_minutes}")
+
+    # Evaluation.
+    e = r.eval
+    for i, depth in enumerate(e.niah_depths):
+        c.require(0.0 <= depth <= 1.0, f"eval.niah_depths.{i}",
+                  f"depth is a fraction of the context: must be in [0, 1], got {depth}")

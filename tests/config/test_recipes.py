@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from swax_megatron.config.errors import RecipeError
+from swax_megatron.config.loader import read_raw
 from swax_megatron.config.resolve import resolve, resolve_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +24,20 @@ def test_recipe_resolves(path):
     for r in entries:
         assert len(r.config_hash) == 64
         assert r.recipe.model.ffn_hidden_size is not None
+    if read_raw(path).sweep is None:
+        assert resolve(path).config_hash == entries[0].config_hash
+        with pytest.raises(RecipeError, match="recipe has no sweep block"):
+            resolve(path, sweep_index=0)
+    else:
+        # A sweep file is one of its entries or nothing: never the un-swept base.
+        with pytest.raises(RecipeError, match=f"recipe has a sweep block of {len(entries)} entries"):
+            resolve(path)
+        assert [resolve(path, sweep_index=i).run_dir for i in range(len(entries))] \
+            == [r.run_dir for r in entries]
+
+
+def test_some_recipes_are_sweeps():
+    assert sum(read_raw(p).sweep is not None for p in RECIPES) >= 3
 
 
 def test_paper_recipes_say_what_the_paper_says():
