@@ -8,5 +8,5 @@ from .partitions import Partition, query_partitions
 from .sbatch import (DONE_MARKER, Plan, check_site, is_done, make_log_dir, plan_job, plan_sweep,
                      sbatch_options, submit)
 
-__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "check_site", "is_done",
-           "job_env", "make_log_dir", "plan_job", "plan_sweep", "query_partitions", "sbatch_options", "submit"]
+__all__ = ["LaunchError", "Partition", "Plan", "DONE_MARKER", "check_site", "is_done", "job_env",
+           "make_log_dir", "plan_job", "plan_sweep", "query_partitions", "sbatch_options", "submit"]

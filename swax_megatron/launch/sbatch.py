@@ -36,7 +36,14 @@ SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"
 LOG_FOLDER = "slurm-logs"  # under run.output_root
 
 
-def default_script(name: str) -> str:
+def batch_script(script: Optional[str], name: str) -> str:
+    """--script, else slurm/<name>; `-` stands for none (options only)."""
+    if script == "-":
+        return script
+    if script is not None:
+        if not os.path.isfile(script):
+            raise LaunchError(f"--script: {script} is not a file")
+        return os.path.abspath(script)
     path = SLURM_DIR / name
     if not path.is_file():
         raise LaunchError(f"{path} not found (the package is installed without its repository): "
@@ -64,13 +71,19 @@ def check_site(r: Resolved) -> None:
                       path="slurm.site", origin=r.origins.get("slurm.site"))
 
 
-def make_log_dir(path: str) -> None:
-    """SLURM does not create the --output folder: a job whose log cannot be opened fails unseen."""
+def make_log_dir(path: str) -> List[str]:
+    """SLURM does not create the --output folder: a job whose log cannot be opened fails unseen.
+    Returns the folders created, outermost first."""
+    created, d = [], os.path.abspath(path)
+    while not os.path.lexists(d) and os.path.dirname(d) != d:
+        created.insert(0, d)
+        d = os.path.dirname(d)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise LaunchError(f"run.output_root: cannot create the log folder {path}: "
                           f"{e.strerror or e}") from None
+    return created
 
 
 def is_done(run_dir: str) -> bool:
@@ -200,7 +213,7 @@ def plan_job(recipe: str, overrides: Sequence[str] = (), *, check: bool = True,
     partition, gpus = _cluster(r.recipe.slurm, check, notes)
     log_dir = _log_dir(r)
     opts = sbatch_options(r.recipe.slurm, r.recipe.run.name, os.path.join(log_dir, "%x_%j.out"), gpus)
-    return Plan(opts, script or default_script("pretrain.sh"), [os.path.abspath(recipe), *overrides],
+    return Plan(opts, batch_script(script, "pretrain.sh"), [os.path.abspath(recipe), *overrides],
                 log_dir, partition, notes, entries=[r])
 
 
@@ -253,7 +266,7 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
     todo = [i for i in range(len(entries)) if i not in done]
     if k is not None and todo:
         k = min(k, len(todo))
-    plan = Plan(opts, script or default_script("sweep.sh"), [os.path.abspath(recipe), *overrides],
+    plan = Plan(opts, batch_script(script, "sweep.sh"), [os.path.abspath(recipe), *overrides],
                 log_dir, partition, notes, array=array_spec(todo, k) if todo else None,
                 entries=entries, done=done)
     return plan
@@ -261,14 +274,23 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
 
 def submit(plan: Plan) -> str:
     """Run sbatch; returns the job id."""
-    make_log_dir(plan.log_dir)
+    created = make_log_dir(plan.log_dir)
+
+    def refused(message: str) -> LaunchError:
+        for d in reversed(created):  # nothing was submitted: leave nothing behind either
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        return LaunchError(message)
+
     try:
         p = subprocess.run(plan.command, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise LaunchError("`sbatch` not found: run this on a SLURM login node") from None
-    except subprocess.TimeoutExpired:
+        raise refused("`sbatch` not found: run this on a SLURM login node") from None
+    except subprocess.TimeoutExpired:  # the job may be queued all the same: keep its log folder
         raise LaunchError("`sbatch` did not answer within 120 s: is slurmctld up?") from None
     if p.returncode != 0:
         msg = " ".join(p.stderr.split()) or f"exit code {p.returncode}"
-        raise LaunchError(f"sbatch refused the job: {msg}")
+        raise refused(f"sbatch refused the job: {msg}")
     return p.stdout.strip().split(";")[0]

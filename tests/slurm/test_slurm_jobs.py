@@ -258,18 +258,21 @@ def test_plain_sbatch_on_a_cpu_partition(swax, cluster, cache, reference, tmp_pa
 
 
 @on_cpu_cluster
-def test_errors_before_submission_on_a_cpu_partition(swax, cluster):
+def test_errors_before_submission_on_a_cpu_partition(swax, cluster, tmp_path):
     before = job_ids(cluster)
+    out = tmp_path / "out"
     for args, message in [
         (["slurm.cpus_per_task=40"], "2 x 40 = 80 CPUs per node, but the nodes of partition `cpu` have at most 64"),
         (["slurm.partition=debug"], "partition `debug` does not exist on this cluster (partitions: cpu)"),
+        (["--script", str(tmp_path / "missing.sh")], f"--script: {tmp_path}/missing.sh is not a file"),
         # --no-check cannot know the partition has no GPUs: it asks for them, and sbatch says no
+        # (after the log folder was made: it is removed again)
         (["--no-check"], "sbatch refused the job: sbatch: error: Invalid generic resource (gres) specification"),
     ]:
-        p = swax.cli("slurm", "submit", RECIPE, *args)
+        p = swax.cli("slurm", "submit", RECIPE, f"run.output_root={out}", *args)
         assert p.returncode == 2 and p.stdout == "", p.stderr
         assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
-    assert job_ids(cluster) == before
+    assert not out.exists() and job_ids(cluster) == before
 
 
 @on_gpu_cluster
