@@ -1,6 +1,6 @@
 """Checkpoint policy: where an attempt starts from, and when it saves.
 
-    start = find_start(resolved, root)           # nothing, the run's own `latest`, or checkpoint.load
+    start = find_start(resolved, root, use_dist_opt)   # nothing, own `latest` or checkpoint.load
     saver = Checkpointer(manager, recipe.checkpoint, start, extra, log)
     saver.after_step(step, final=..., stop_reason=..., time_due=...)   # saves when one is due
 

@@ -45,7 +45,7 @@ class TrainingDiverged(RuntimeError):
 def run(resolved) -> int:
     """Train `resolved` (config.resolve.Resolved) in an initialised process group; returns the
     exit code (signals.EXIT_*)."""
-    stop = StopRequest()  # from the first moment: Ctrl-C in set-up is a stop request, not a traceback
+    stop = StopRequest()  # from the first moment: Ctrl-C in set-up is a stop request too
     lock = None
     try:
         lock = _lock_run_dir(resolved)

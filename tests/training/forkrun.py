@@ -151,3 +151,21 @@ def tiny_overrides(corpus, output_root: Path, *, steps: int = 8, every: int = 4,
         "checkpoint.keep_last=3",
         *extra,
     ]
+
+
+def error_lines(text: str) -> List[str]:
+    return [line for line in text.splitlines() if line.startswith("swax-train: error:")]
+
+
+def one_error_line(launch: Launch, *fragments: str, code: int = 2) -> str:
+    """The job failed as bad input should: every rank exits with `code`, rank 0 prints exactly
+    one error line (containing each fragment), no rank prints a traceback or another error."""
+    assert launch.codes == [code] * len(launch.codes), launch.log
+    lines = error_lines(launch.logs[0])
+    assert len(lines) == 1, launch.log
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    for other in launch.logs[1:]:  # the other ranks stay quiet
+        assert not error_lines(other), other
+    assert all("Traceback" not in log for log in launch.logs), launch.log
+    return lines[0]

@@ -8,24 +8,10 @@ import sys
 
 import pytest
 
-from forkrun import REPO, TINY_RECIPE, find_run_dir, fork_run, tiny_overrides, train_records
+from forkrun import (REPO, TINY_RECIPE, error_lines, find_run_dir, fork_run, one_error_line,
+                     tiny_overrides, train_records)
 from swax_megatron.config.resolve import resolve
 from swax_megatron.training.signals import EXIT_BAD_INPUT
-
-
-def _error_lines(text):
-    return [line for line in text.splitlines() if line.startswith("swax-train: error:")]
-
-
-def _fails(launch, *fragments):
-    assert launch.codes == [EXIT_BAD_INPUT] * len(launch.codes), launch.log
-    lines = _error_lines(launch.logs[0])
-    assert len(lines) == 1, launch.log
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    for other in launch.logs[1:]:  # the other ranks stay quiet
-        assert not _error_lines(other) and "Traceback" not in other, other
-    return lines[0]
 
 
 def test_bad_override_via_the_command_line():
@@ -33,30 +19,32 @@ def test_bad_override_via_the_command_line():
                            "train.stepz=3"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == EXIT_BAD_INPUT
-    lines = _error_lines(proc.stderr)
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "train.stepz" in lines[0], proc.stderr
 
 
 def test_world_size_mismatch(tiny_corpus, tmp_path):
     launch = fork_run([TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path)], 1, tmp_path / "l")
-    _fails(launch, "world size is 2", "1 processes were launched")
+    one_error_line(launch, "world size is 2", "1 processes were launched")
 
 
 def test_missing_data_prefix(tiny_corpus, tmp_path):
     corpus = dict(tiny_corpus, prefix=str(tmp_path / "nowhere" / "web"))
     launch = fork_run([TINY_RECIPE, *tiny_overrides(corpus, tmp_path)], 2, tmp_path / "l")
-    _fails(launch, str(tmp_path / "nowhere" / "web"))
+    one_error_line(launch, str(tmp_path / "nowhere" / "web"))
 
 
 def test_missing_checkpoint_load(tiny_corpus, tmp_path):
     argv = [TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path / "runs",
                                          extra=[f"checkpoint.load={tmp_path}/gone"])]
-    _fails(fork_run(argv, 2, tmp_path / "l"), f"{tmp_path}/gone: checkpoint.load does not exist")
+    one_error_line(fork_run(argv, 2, tmp_path / "l"),
+                   f"{tmp_path}/gone: checkpoint.load does not exist")
 
 
 @pytest.mark.parametrize("latest, make_dir, message", [
     ("iter_0000004\n", False, "points to a checkpoint directory that does not exist"),
-    ("iter_0000004\n", True, "incomplete checkpoint (missing metadata.json, common.pt, manifest.json)"),
+    ("iter_0000004\n", True,
+     "incomplete checkpoint (missing metadata.json, common.pt, manifest.json)"),
     ("../../etc\n", False, "not a checkpoint pointer"),
 ])
 def test_broken_latest_pointer(tiny_corpus, tmp_path, latest, make_dir, message):
@@ -66,7 +54,7 @@ def test_broken_latest_pointer(tiny_corpus, tmp_path, latest, make_dir, message)
     (ckpts / "latest").write_text(latest)
     if make_dir:
         (ckpts / "iter_0000004").mkdir()
-    _fails(fork_run([TINY_RECIPE, *overrides], 2, tmp_path / "l"), message)
+    one_error_line(fork_run([TINY_RECIPE, *overrides], 2, tmp_path / "l"), message)
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +77,13 @@ def test_resume_refuses_another_experiments_checkpoints(tiny_corpus, tmp_path, f
     # of a finished run. Each checkpoint records its config hash and recipe: refused, naming
     # the key, and nothing in that folder or in the new run directory is written.
     def files():  # (the lock file names its latest holder)
-        return {p: p.stat().st_mtime_ns for p in finished_checkpoints.rglob("*") if p.name != ".lock"}
+        return {p: p.stat().st_mtime_ns for p in finished_checkpoints.rglob("*")
+                if p.name != ".lock"}
 
     before = files()
     argv = [TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path / "runs", steps=2, extra=[
         f"checkpoint.dir={finished_checkpoints}", change])]
-    line = _fails(fork_run(argv, 2, tmp_path / "l"), "written by another experiment", named)
+    line = one_error_line(fork_run(argv, 2, tmp_path / "l"), "written by another experiment", named)
     assert "checkpoint.load" in line
     assert files() == before
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -103,7 +92,7 @@ def test_resume_refuses_another_experiments_checkpoints(tiny_corpus, tmp_path, f
 def test_resume_refuses_another_optimizer_format(tiny_corpus, tmp_path, finished_checkpoints):
     argv = [TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path, steps=2, extra=[
         f"checkpoint.dir={finished_checkpoints}", "parallel.use_distributed_optimizer=true"])]
-    _fails(fork_run(argv, 2, tmp_path / "l"), "use_distributed_optimizer=False")
+    one_error_line(fork_run(argv, 2, tmp_path / "l"), "use_distributed_optimizer=False")
 
 
 def test_checkpoint_load_continues_another_run_and_the_own_checkpoint_wins_later(
@@ -126,10 +115,11 @@ def test_checkpoint_load_continues_another_run_and_the_own_checkpoint_wins_later
     assert again.codes == [0, 0], again.log
     assert "applied when this run started" in again.logs[0]
     assert "resuming the run's own checkpoint" in again.logs[0] and "iter_0000004" in again.logs[0]
-    ref = [(r["step"], r["loss"], r["grad_norm"]) for r in train_records(find_run_dir(tmp_path / "a"))
-           if r["kind"] == "train"]
-    got = [(r["step"], r["loss"], r["grad_norm"]) for r in train_records(find_run_dir(tmp_path / "b"))
-           if r["kind"] == "train"]
+    def steps(root):
+        return [(r["step"], r["loss"], r["grad_norm"])
+                for r in train_records(find_run_dir(root)) if r["kind"] == "train"]
+
+    ref, got = steps(tmp_path / "a"), steps(tmp_path / "b")
     assert [s[0] for s in ref] == [3, 4, 5, 6] and got == ref
 
 

@@ -17,22 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from forkrun import TINY_RECIPE, find_run_dir, fork_run, run_module, tiny_overrides, train_records
+from forkrun import (TINY_RECIPE, find_run_dir, fork_run, one_error_line, run_module,
+                     tiny_overrides, train_records)
 from swax_megatron.training.checkpoint import file_digest
-from swax_megatron.training.signals import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DIVERGED,
-                                            EXIT_REQUEUE, StopRequest)
-
-
-def _error_lines(text):
-    return [line for line in text.splitlines() if line.startswith("swax-train: error:")]
-
-
-def _one_line(launch, code=EXIT_BAD_INPUT):
-    assert launch.codes == [code] * len(launch.codes), launch.log
-    lines = _error_lines(launch.logs[0])
-    assert len(lines) == 1, launch.log
-    assert all("Traceback" not in log for log in launch.logs), launch.log
-    return lines[0]
+from swax_megatron.training.signals import EXIT_BUSY, EXIT_DIVERGED, EXIT_REQUEUE, StopRequest
 
 
 def _snapshot(root: Path) -> dict:
@@ -70,7 +58,7 @@ def test_a_missing_latest_pointer_is_refused_and_nothing_is_touched(tiny_corpus,
     if damage == "directory":
         latest.mkdir()
     before = _snapshot(run_dir)
-    line = _one_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
+    line = one_error_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
     if damage == "deleted":
         assert "has checkpoints (iter_0000002, iter_0000004) but no `latest` file" in line
         assert "echo iter_0000004 >" in line
@@ -98,7 +86,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_intact_one(tiny_corpus, tmp_
     else:
         (ckpt / ".metadata").unlink()
     before = _snapshot(run_dir)
-    line = _one_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
+    line = one_error_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
     assert "iter_0000004: damaged checkpoint" in line and message in line
     assert "the newest intact checkpoint is iter_0000002" in line
     assert _snapshot(run_dir) == before
@@ -115,7 +103,7 @@ def test_a_truncated_shard_behind_a_matching_manifest_is_one_line(tiny_corpus, t
     for name in manifest["files"]:
         manifest["files"][name] = file_digest(ckpt / name)
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    line = _one_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
+    line = one_error_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
     assert "iter_0000004" in line
 
 
@@ -154,7 +142,7 @@ def test_one_trainer_per_run_directory_and_ctrl_c_checkpoints(tiny_corpus, tmp_p
         assert proc.poll() is None, proc.communicate()[0]
         run_dir = find_run_dir(out)
         second = fork_run(argv, 2, tmp_path / "l")
-        line = _one_line(second, EXIT_BUSY)
+        line = one_error_line(second, code=EXIT_BUSY)
         assert f"{run_dir}: another trainer is running on it (pid" in line
         os.killpg(proc.pid, signal.SIGINT)
         text, _ = proc.communicate(timeout=120)
@@ -182,7 +170,7 @@ def test_ctrl_c_is_a_stop_request_not_a_keyboard_interrupt():
 
 def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_before_writing(tiny_corpus, tmp_path):
     out = tmp_path / "runs"
-    line = _one_line(fork_run(_argv(tiny_corpus, out, ["model.vocab_size=300"]), 2,
+    line = one_error_line(fork_run(_argv(tiny_corpus, out, ["model.vocab_size=300"]), 2,
                               tmp_path / "l"))
     assert "model.vocab_size 300 is smaller than the tokenizer's vocabulary of 512" in line
     assert not out.exists() or not any(out.iterdir())  # no run directory left behind
@@ -205,7 +193,7 @@ def test_an_output_root_that_cannot_hold_a_run_is_one_line(tiny_corpus, tmp_path
         out.write_text("not a directory\n")
     else:  # procfs refuses new directories, even to root
         out = Path("/proc/swax-no-such-dir")
-    line = _one_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
+    line = one_error_line(fork_run(_argv(tiny_corpus, out), 2, tmp_path / "l"))
     assert message in line
 
 
@@ -217,7 +205,7 @@ def test_a_run_that_ends_on_nan_is_not_done(tiny_corpus, tmp_path):
     launch = fork_run(_argv(tiny_corpus, out, [
         "optim.lr=1e6", "optim.warmup_steps=0", "optim.clip_grad=0",
         "train.max_consecutive_nonfinite=100"]), 2, tmp_path / "l")
-    line = _one_line(launch, EXIT_DIVERGED)
+    line = one_error_line(launch, code=EXIT_DIVERGED)
     assert "the final evaluation is not finite" in line and "not done" in line
     exit_info = json.loads((find_run_dir(out) / "exit.json").read_text())
     assert exit_info["code"] == EXIT_DIVERGED and exit_info["reason"] != "done"
