@@ -105,9 +105,6 @@ if [ "$SWAX_DONE" = 1 ]; then
   log "$SWAX_RUN_DIR is done: nothing to do"
   exit 0
 fi
-mkdir -p "$SWAX_RUN_DIR" || die 1 "cannot create the run directory $SWAX_RUN_DIR"
-export SWAX_EXIT_FILE=$SWAX_RUN_DIR/.rank0-exit
-
 site=${SWAX_SITE:-$SWAX_RECIPE_SITE}
 if [ -n "$SLURM_DIR" ] && [ -f "$SLURM_DIR/site/$site.env" ]; then
   # shellcheck disable=SC1090
@@ -115,6 +112,8 @@ if [ -n "$SLURM_DIR" ] && [ -f "$SLURM_DIR/site/$site.env" ]; then
 elif [ "$site" != default ]; then
   die 2 "site profile '$site' not found (looked for ${SLURM_DIR:-<slurm dir unknown>}/site/$site.env; set SWAX_SLURM_DIR)"
 fi
+mkdir -p "$SWAX_RUN_DIR" || die 1 "cannot create the run directory $SWAX_RUN_DIR"
+export SWAX_EXIT_FILE=$SWAX_RUN_DIR/.rank0-exit
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SWAX_CPUS_PER_TASK}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}

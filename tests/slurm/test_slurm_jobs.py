@@ -304,6 +304,11 @@ def test_unknown_site_profile_is_refused_before_anything_runs(swax, cluster, cac
     # the job's own check (job-env) with the folder the script found, before anything is written
     p = swax.script("pretrain.sh", RECIPE, *overrides(str(out), cache), "slurm.site=nosuch")
     assert p.returncode == 2 and "no site profile `nosuch`" in p.stderr, p.stdout + p.stderr
+    # SWAX_SITE (set at submission) is the script's own to check
+    env = swax.env(slurm=False)
+    env["SWAX_SITE"] = "nosuch"
+    p = swax.script("pretrain.sh", RECIPE, *overrides(str(out), cache), env=env)
+    assert p.returncode == 2 and "site profile 'nosuch' not found" in p.stderr, p.stdout + p.stderr
     assert not out.exists() and job_ids(cluster) == before
 
 
