@@ -14,8 +14,9 @@ def printable(text: str) -> str:
 
 
 def is_control(char: str) -> bool:
-    """A control character (C0, DEL, C1) or a Unicode line/paragraph separator."""
-    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+    """A control character (C0, DEL, C1), a Unicode line/paragraph separator, or a lone surrogate
+    (which no file name, terminal or UTF-8 file can hold)."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs")
 
 
 def shorten(text: str, limit: int = 80) -> str:

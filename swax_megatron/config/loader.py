@@ -72,10 +72,17 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any], origins: Origins,
     return out
 
 
+# Far more than any recipe (a few KiB); bounds what `base: /dev/zero` or a mistyped path to a
+# data file would read.
+MAX_FILE_CHARS = 1 << 24
+
+
 def _read_file(path: str) -> LocatedDict:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_FILE_CHARS + 1)
+        if len(text) > MAX_FILE_CHARS:
+            raise RecipeError(f"larger than {MAX_FILE_CHARS:,} characters: not a recipe", origin=path)
     except FileNotFoundError:
         raise RecipeError("recipe file not found", origin=path) from None
     except IsADirectoryError:

@@ -103,24 +103,32 @@ def _core_schema_resolvers() -> Dict[Any, List[Tuple[str, Any]]]:
             for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_YAML11_BOOL = re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9]+$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+                       |[-+]?\.(?:inf|Inf|INF)
+                       |\.(?:nan|NaN|NAN))$""", re.X)
+
 _StrictLoader.yaml_implicit_resolvers = _core_schema_resolvers()
 # Resolvers are tried in the order added: an int is an int before the float pattern (which also
 # matches digits) sees it, and a leading-zero integer is caught before both.
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_StrictLoader.add_implicit_resolver(
-    "!yaml11bool", re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"), list("yYnNoO"))
-_StrictLoader.add_implicit_resolver(
-    "!leadingzero", re.compile(r"^[-+]?0[0-9]+$"), list("-+0"))
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-    list("-+0123456789"))
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
-                  |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_StrictLoader.add_implicit_resolver("!yaml11bool", _YAML11_BOOL, list("yYnNoO"))
+_StrictLoader.add_implicit_resolver("!leadingzero", _LEADING_ZERO, list("-+0"))
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _scalar(loader, node, pattern: re.Pattern, what: str) -> str:
+    """The text of a scalar node, which must match `pattern`: an implicit one always does, an
+    explicitly tagged one (`!!int abc`) may not."""
+    text = loader.construct_scalar(node)
+    if not pattern.match(text):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"`{shorten(text, 40)}` is not a YAML 1.2 {what}", node.start_mark)
+    return text
 
 
 def _too_long(text: str) -> bool:
@@ -129,7 +137,7 @@ def _too_long(text: str) -> bool:
 
 
 def _construct_int(loader, node):
-    text = loader.construct_scalar(node)
+    text = _scalar(loader, node, _INT, "integer")
     if _too_long(text):
         return OutOfRangeInt(text)
     digits = text.lstrip("+-")
@@ -140,9 +148,13 @@ def _construct_int(loader, node):
     return value if INT64[0] <= value <= INT64[1] else OutOfRangeInt(text)
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_StrictLoader.add_constructor(
-    "!yaml11bool", lambda loader, node: Yaml11Bool(loader.construct_scalar(node)))
+def _construct_float(loader, node):
+    _scalar(loader, node, _FLOAT, "float")
+    return loader.construct_yaml_float(node)
+
+
+def _construct_bool(loader, node):
+    return _scalar(loader, node, _BOOL, "boolean (true or false)").lower() == "true"
 
 
 def _construct_leading_zero(loader, node):
@@ -150,22 +162,40 @@ def _construct_leading_zero(loader, node):
     return OutOfRangeInt(text) if _too_long(text) else LeadingZeroInt(text)
 
 
+def _refuse_tag(loader, node):
+    raise yaml.constructor.ConstructorError(
+        None, None, f"tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not a recipe type "
+        f"(strings, numbers, booleans, null, lists and mappings)", node.start_mark)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_StrictLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_StrictLoader.add_constructor(
+    "!yaml11bool", lambda loader, node: Yaml11Bool(loader.construct_scalar(node)))
 _StrictLoader.add_constructor("!leadingzero", _construct_leading_zero)
+for _tag in ("binary", "timestamp", "set", "omap", "pairs"):  # YAML 1.1 types
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
 def _construct_mapping(loader, node, deep=False):
+    if not isinstance(node, yaml.MappingNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected a mapping node, but found {node.id}", node.start_mark)
     loader.flatten_mapping(node)
     out = LocatedDict()
     out.lines, out.source = {}, loader.name
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str) or isinstance(key, Unusable):
-            raise RecipeError(f"keys must be strings, got {key!r}",
-                              origin=f"{loader.name}:{key_node.start_mark.line + 1}")
+        where = f"{loader.name}:{key_node.start_mark.line + 1}"
+        if isinstance(key, Unusable):
+            raise RecipeError(f"key `{key.shown}` is {key.why}: quote it", origin=where)
+        if not isinstance(key, str):
+            raise RecipeError(f"keys must be strings, got {shorten(repr(key), 40)}", origin=where)
         if key in out:
             raise RecipeError(
                 f"duplicate key `{key}` (first at line {out.lines[key]}; YAML would silently keep "
-                f"the last one)", origin=f"{loader.name}:{key_node.start_mark.line + 1}")
+                f"the last one)", origin=where)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -248,6 +278,9 @@ def load_yaml(text: str, source: str) -> Any:
     except RecursionError:  # the composer recurses once per level, before _check_bounds runs
         raise RecipeError(f"the document nests more than {MAX_DEPTH} levels deep",
                           origin=source) from None
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        # PyYAML's own constructors (merge keys, explicit tags): still one line, never a traceback.
+        raise RecipeError(f"invalid YAML: {shorten(str(e), 120)}", origin=source) from None
     finally:
         if loader is not None:
             loader.dispose()
