@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import check_eps, check_sequence_inputs, check_state, compute_dtype, zero_state
+from .chunk_rules import chunk_size_problem
 
 _NEG = -1e30  # input-gate value of padded tail steps: exp(_NEG - m) == 0, and no -inf arithmetic
 
@@ -226,17 +227,19 @@ def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, 
     """Chunkwise-parallel mLSTM over [B,H,S,D] inputs, any S (the tail chunk is padded inside).
 
     q, k [B,H,S,Dqk]; v [B,H,S,Dv]; i, f [B,H,S] gate pre-activations; initial_state (C, n, m) or
-    None (zeros). grad: "stopgrad" (normaliser and m constant in backward, hand-written backward)
-    or "exact" (plain autograd). Returns (h [B,H,S,Dv] in q's dtype, (C, n, m) in the compute dtype).
-    Gradients reach the initial (C, n, m) in both modes; the returned m is non-differentiable with
-    grad="stopgrad" (module docstring). Without autograd (no_grad, or no input requiring grad) both
+    None (zeros); chunk_size: any positive int (chunk_size_problem("torch", ...)). grad: "stopgrad"
+    (normaliser and m constant in backward, hand-written backward) or "exact" (plain autograd).
+    Returns (h [B,H,S,Dv] in q's dtype, (C, n, m) in the compute dtype). Gradients reach the
+    initial (C, n, m) in both modes; the returned m is non-differentiable with grad="stopgrad"
+    (module docstring). Without autograd (no_grad, or no input requiring grad) both
     modes run the same in-place forward."""
     check_eps(eps)
     if grad not in ("stopgrad", "exact"):
         raise ValueError(f"mlstm_chunkwise: grad must be 'stopgrad' or 'exact', got {grad!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"mlstm_chunkwise: chunk_size must be a positive int, got {chunk_size!r}")
     B, H, S, Dqk, Dv = check_sequence_inputs(q, k, v, i, f)
+    problem = chunk_size_problem("torch", chunk_size, S)
+    if problem:
+        raise ValueError(f"mlstm_chunkwise: {problem}")
     cd = compute_dtype(q, k, v, i, f, *(initial_state if initial_state is not None else ()))
     if initial_state is None:
         initial_state = zero_state(B, H, Dqk, Dv, cd, q.device)

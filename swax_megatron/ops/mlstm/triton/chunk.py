@@ -258,6 +258,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
 
 def _check(q, k, v, i, f, chunk_size, initial_state, eps, grad):
     from .._common import check_eps, check_sequence_inputs, check_state
+    from ..chunk_rules import chunk_size_problem
 
     B, H, S, DK, DV = check_sequence_inputs(q, k, v, i, f)
     check_eps(eps)
@@ -267,9 +268,9 @@ def _check(q, k, v, i, f, chunk_size, initial_state, eps, grad):
             "Triton kernel; use swax_megatron.ops.mlstm.mlstm_chunkwise(..., grad='exact')")
     if grad != "stopgrad":
         raise ValueError(f"mlstm_chunkwise_triton: grad must be 'stopgrad' or 'exact', got {grad!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 16 \
-            or chunk_size & (chunk_size - 1):
-        raise ValueError(f"mlstm_chunkwise_triton: chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    problem = chunk_size_problem("triton", chunk_size, S)
+    if problem:
+        raise ValueError(f"mlstm_chunkwise_triton: {problem}")
     if q.dtype not in _TL_DTYPE or any(t.dtype != q.dtype for t in (k, v)):
         raise TypeError("mlstm_chunkwise_triton: q, k, v must share one dtype among float16, bfloat16, float32, "
                         f"float64; got {q.dtype}, {k.dtype}, {v.dtype}")
@@ -291,7 +292,8 @@ def mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=64, initial_state=None, eps
     sigmoid(f) used as logsigmoid(f)). q is scaled by Dqk**-0.5 inside. Any S (the tail chunk is masked).
     initial_state (C [B,H,Dqk,Dv], n [B,H,Dqk], m [B,H]) or None (zeros, m = 0).
     Returns h [B, H, S, Dv] in q's dtype and the final state (C, n, m) in float32 (float64 for float64 inputs).
-    chunk_size: power of two >= 16; chunks above 64 are tiled in blocks of 64 rows (TFLA's second level).
+    chunk_size: power of two >= 16 (chunk_size_problem("triton", ...)); chunks above 64 are tiled in blocks
+    of 64 rows (TFLA's second level).
     block_l / block_k / block_v / num_warps / num_stages override the heuristic tiling of `pick_blocks`
     (tests use them to exercise every path, bench/gpu_check.py to try a few GPU settings).
     Gradients flow to q, k, v, i, f and to the initial C, n and m (m0 rescales the carried state); the
