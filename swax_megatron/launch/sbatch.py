@@ -106,18 +106,23 @@ def cpus_per_task(s: SlurmConfig) -> int:
     return s.cpus_per_task if s.launcher == "srun" else s.cpus_per_task * s.gpus_per_node
 
 
-def pick_partition(s: SlurmConfig, partitions: Dict[str, Partition]) -> Partition:
+def pick_partitions(s: SlurmConfig, partitions: Dict[str, Partition]) -> List[Partition]:
+    """The partitions the job may run in: slurm.partition (sbatch takes a comma-separated list),
+    else the cluster's default."""
     if s.partition is None:
         default = [p for p in partitions.values() if p.default]
         if not default:
             raise LaunchError("slurm.partition is not set and the cluster has no default "
                               f"partition (partitions: {', '.join(sorted(partitions))})")
-        return default[0]
-    if s.partition not in partitions:
-        raise LaunchError(f"slurm.partition: partition `{s.partition}` does not exist on this "
-                          f"cluster{did_you_mean(s.partition, partitions)} "
-                          f"(partitions: {', '.join(sorted(partitions))})")
-    return partitions[s.partition]
+        return default[:1]
+    out = []
+    for name in s.partition.split(","):
+        if name not in partitions:
+            raise LaunchError(f"slurm.partition: partition `{name}` does not exist on this "
+                              f"cluster{did_you_mean(name, partitions)} "
+                              f"(partitions: {', '.join(sorted(partitions))})")
+        out.append(partitions[name])
+    return out
 
 
 def check_fits(s: SlurmConfig, p: Partition) -> None:
@@ -140,11 +145,8 @@ def check_fits(s: SlurmConfig, p: Partition) -> None:
 
 
 def sbatch_options(s: SlurmConfig, job_name: str, output: str, gpus: bool) -> List[str]:
-    """sbatch options for one job of shape `s`; `output` is the log file pattern."""
-    try:
-        minutes(s.time)
-    except ValueError as e:
-        raise LaunchError(f"slurm.time: {e}") from None
+    """sbatch options for one job of shape `s` (a validated recipe's: slurm.time is a SLURM time);
+    `output` is the log file pattern."""
     opts = [f"--job-name={s.job_name or job_name}", f"--nodes={s.nodes}",
             f"--ntasks-per-node={tasks_per_node(s)}", f"--cpus-per-task={cpus_per_task(s)}"]
     if gpus:
@@ -171,7 +173,7 @@ class Plan:
     script: str
     args: List[str]
     log_dir: str
-    partition: Optional[Partition] = None
+    partitions: List[Partition] = field(default_factory=list)  # empty: not checked
     notes: List[str] = field(default_factory=list)  # for the user (stderr)
     array: Optional[str] = None  # sweeps: the --array value, None when nothing is left to run
     entries: List[Resolved] = field(default_factory=list)
@@ -183,18 +185,31 @@ class Plan:
         return ["sbatch", "--parsable", *array, *self.options, self.script, *self.args]
 
 
+def check_partitions(s: SlurmConfig, parts: List[Partition], notes: List[str]) -> bool:
+    """Check shape `s` against every partition it may run in; returns whether to request GPUs."""
+    for p in parts:
+        check_fits(s, p)  # in each: the job could wait forever for the one it does not fit
+        if not p.available:
+            notes.append(f"partition `{p.name}` is not up: the job will wait until it is")
+    gpu = [p.name for p in parts if p.gpus_per_node]
+    cpu = [p.name for p in parts if not p.gpus_per_node]
+    if gpu and cpu:  # sbatch refuses a GPU request for the one, and without it the other idles
+        raise LaunchError(f"slurm.partition: `{gpu[0]}` has GPUs and `{cpu[0]}` has none: a job "
+                          f"asks for GPUs or not, so list partitions of one kind")
+    if cpu:
+        names = ", ".join(f"`{n}`" for n in cpu)
+        notes.append(f"partition {names} has no GPUs: {s.gpus_per_node} processes per node on CPUs"
+                     if len(cpu) == 1 else
+                     f"partitions {names} have no GPUs: {s.gpus_per_node} processes per node on CPUs")
+    return bool(gpu)
+
+
 def _cluster(s: SlurmConfig, check: bool, notes: List[str]):
-    """(partition or None, request GPUs?) for shape `s`."""
+    """(partitions, request GPUs?) for shape `s`; no partitions and GPUs where not checked."""
     if not check:
-        return None, True
-    p = pick_partition(s, query_partitions())
-    check_fits(s, p)
-    if not p.available:
-        notes.append(f"partition `{p.name}` is not up: the job will wait until it is")
-    if not p.gpus_per_node:
-        notes.append(f"partition `{p.name}` has no GPUs: {s.gpus_per_node} processes per node "
-                     f"on CPUs")
-    return p, bool(p.gpus_per_node)
+        return [], True
+    parts = pick_partitions(s, query_partitions())
+    return parts, check_partitions(s, parts, notes)
 
 
 def _log_dir(r: Resolved) -> str:
@@ -210,11 +225,11 @@ def plan_job(recipe: str, overrides: Sequence[str] = (), *, check: bool = True,
     r = entries[0]
     check_site(r)
     notes: List[str] = []
-    partition, gpus = _cluster(r.recipe.slurm, check, notes)
+    parts, gpus = _cluster(r.recipe.slurm, check, notes)
     log_dir = _log_dir(r)
     opts = sbatch_options(r.recipe.slurm, r.recipe.run.name, os.path.join(log_dir, "%x_%j.out"), gpus)
     return Plan(opts, batch_script(script, "pretrain.sh"), [os.path.abspath(recipe), *overrides],
-                log_dir, partition, notes, entries=[r])
+                log_dir, parts, notes, entries=[r])
 
 
 def array_spec(indices: Sequence[int], parallel: Optional[int]) -> str:
@@ -256,7 +271,7 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
     if k is not None and k < 1:
         raise LaunchError(f"--parallel must be at least 1, got {k}")
     notes: List[str] = []
-    partition, gpus = _cluster(s, check, notes)
+    parts, gpus = _cluster(s, check, notes)
     log_dir = _log_dir(entries[0])
     # the array is named after the sweep, not its first entry: run.name without the entry suffix
     first = entries[0]
@@ -267,7 +282,7 @@ def plan_sweep(recipe: str, overrides: Sequence[str] = (), *, parallel: Optional
     if k is not None and todo:
         k = min(k, len(todo))
     plan = Plan(opts, batch_script(script, "sweep.sh"), [os.path.abspath(recipe), *overrides],
-                log_dir, partition, notes, array=array_spec(todo, k) if todo else None,
+                log_dir, parts, notes, array=array_spec(todo, k) if todo else None,
                 entries=entries, done=done)
     return plan
 

@@ -174,6 +174,8 @@ def job_ids(cluster):
     (["slurm.partition=shrt"], "did you mean `short`?"),
     (["slurm.partition=short", "slurm.time=01:00:00"],
      "slurm.time=01:00:00 exceeds the time limit of partition `short` (10 minutes)"),
+    (["slurm.partition=debug,short"],  # a list: the job must fit each
+     "slurm.time=00:30:00 exceeds the time limit of partition `short` (10 minutes)"),
     (["slurm.cpus_per_task=3"], "2 x 3 = 6 CPUs per node, but the nodes of partition `debug` have at most 4"),
     (["slurm.nodes=2", "train.global_batch_size=16"], "slurm.nodes=2, but partition `debug` has 1 node"),
     (["train.stepz=3"], "unknown key in section `train` (did you mean `steps`?)"),
@@ -240,6 +242,16 @@ def test_sbatch_with_the_recipes_options(swax, cluster, reference):
     job = swax.sbatch(*opts, PRETRAIN, RECIPE, *args)
     infos, log = finished(cluster, job, timeout=60)
     assert infos[0]["JobState"] == "COMPLETED" and "is done: nothing to do" in log, log
+
+
+@on_gpu_cluster
+def test_a_list_of_partitions(swax, cluster, reference):
+    """slurm.partition=a,b as sbatch takes it (the reference's run again: the job sees DONE)."""
+    *_, args = reference
+    job = swax.submit("slurm", "submit", RECIPE, *args, "slurm.partition=debug,short", "slurm.time=5")
+    infos, log = finished(cluster, job, timeout=60)
+    assert infos[0]["JobState"] == "COMPLETED" and "is done: nothing to do" in log, log
+    assert infos[0]["Partition"] in ("debug", "short"), infos[0]
 
 
 @on_cpu_cluster

@@ -7,8 +7,8 @@ import pytest
 from swax_megatron.config.resolve import resolve
 from swax_megatron.launch.errors import LaunchError
 from swax_megatron.launch.partitions import gpus_in_gres, minutes, parse_sinfo
-from swax_megatron.launch.sbatch import (array_spec, check_fits, is_done, pick_partition,
-                                         sbatch_options)
+from swax_megatron.launch.sbatch import (array_spec, check_fits, check_partitions, is_done,
+                                         pick_partitions, sbatch_options)
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "tiny", "swax.yaml")
 
@@ -58,7 +58,7 @@ def test_parse_sinfo_merges_node_kinds():
 
 def test_fit_checks_name_the_field_and_the_limit():
     parts = parse_sinfo(SINFO)
-    assert pick_partition(slurm_of(), parts).name == "debug"  # the default one
+    assert [p.name for p in pick_partitions(slurm_of(), parts)] == ["debug"]  # the default one
     check_fits(slurm_of("slurm.gpus_per_node=8", "train.global_batch_size=32",
                         "slurm.cpus_per_task=16"), parts["debug"])
     cases = [
@@ -69,16 +69,27 @@ def test_fit_checks_name_the_field_and_the_limit():
          "slurm.gpus_per_node=16, but the nodes of partition `debug` have at most 8 GPUs"),
         (("slurm.cpus_per_task=80",), "= 160 CPUs per node, but the nodes of partition `debug` have at most 128"),
         (("slurm.time=3-00:00:00",), "exceeds the time limit of partition `debug` (2880 minutes)"),
+        # a list (sbatch takes one): every partition exists, the job fits each, one kind of node
+        (("slurm.partition=cpu,nosuch",), "partition `nosuch` does not exist on this cluster"),
+        (("slurm.partition=cpu,maint", "slurm.time=02:00:00"),
+         "slurm.time=02:00:00 exceeds the time limit of partition `maint` (60 minutes)"),
+        (("slurm.partition=debug,cpu",),
+         "slurm.partition: `debug` has GPUs and `cpu` has none: a job asks for GPUs or not"),
     ]
     for overrides, message in cases:
         with pytest.raises(LaunchError) as e:
             s = slurm_of(*overrides)
-            check_fits(s, pick_partition(s, parts))
+            check_partitions(s, pick_partitions(s, parts), [])
         assert message in str(e.value), (overrides, str(e.value))
         assert "\n" not in str(e.value)
     # a CPU partition: processes per node are bounded by its CPUs only
     check_fits(slurm_of("slurm.partition=cpu", "slurm.gpus_per_node=16", "train.global_batch_size=64",
                         "slurm.cpus_per_task=2"), parts["cpu"])
+    notes = []
+    s = slurm_of("slurm.partition=cpu,maint")
+    assert check_partitions(s, pick_partitions(s, parts), notes) is False  # no GPUs requested
+    assert notes == ["partition `maint` is not up: the job will wait until it is",
+                     "partitions `cpu`, `maint` have no GPUs: 2 processes per node on CPUs"]
 
 
 def test_options_follow_the_recipe_and_launcher():
@@ -93,8 +104,6 @@ def test_options_follow_the_recipe_and_launcher():
     opts = sbatch_options(t, "tiny-swax", "o", gpus=False)
     assert opts[:4] == ["--job-name=j", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=8"]
     assert not any(o.startswith(("--gpus", "--signal")) for o in opts)
-    with pytest.raises(LaunchError, match="slurm.time: `2 days` is not a SLURM time"):
-        sbatch_options(slurm_of("slurm.time=2 days"), "x", "o", gpus=True)
 
 
 def test_array_spec():
