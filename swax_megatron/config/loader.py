@@ -168,11 +168,8 @@ def set_dotted(data: Dict[str, Any], key: str, value: Any, origin: str, origins:
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         path = ".".join(parts[:i + 1])
-        if isinstance(node, list):
-            index = _list_index(node, part, path, origin)
-            node, part = _container_at(node, index, path, key, origin), index
-        else:
-            node = _container_at(node, part, path, key, origin)
+        at = _list_index(node, part, path, origin) if isinstance(node, list) else part
+        node = _container_at(node, at, path, key, origin)
     parent = ".".join(parts[:-1])
     if isinstance(node, list):
         node[_list_index(node, parts[-1], key, origin)] = value

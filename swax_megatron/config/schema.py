@@ -1,7 +1,9 @@
 """The recipe schema: one stdlib dataclass per section.
 
-A field's type annotation is the contract the loader checks (see `loader.py`); its default is what
-a recipe gets when it says nothing. Cross-field rules live in `validate.py`. Field docs are the
+A field's type annotation is the contract the loader checks (see `loader.py`; every float must be
+finite, every string printable); its default is what a recipe gets when it says nothing. Ranges
+(every int has one, listed in `validate.INT_RANGES`), name rules and cross-field rules live in
+`validate.py`. Field docs are the
 comments beside each field, so `swax recipe resolve` output can be read against this file.
 """
 
@@ -13,7 +15,7 @@ from typing import List, Literal, Optional, Union
 
 @dataclass
 class RunConfig:
-    name: str = "swax"  # run directory is <output_root>/<name>-<hash8>
+    name: str = "swax"  # run directory is <output_root>/<name>-<hash8>; [A-Za-z0-9_.+=-], <= 200
     seed: int = 1234
     output_root: str = "runs"  # relative paths are relative to the current directory
     description: str = ""
@@ -98,7 +100,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_iters: int = 10
     max_consecutive_nonfinite: int = 5  # abort after this many skipped NaN/Inf steps in a row
-    exit_after_minutes: Optional[float] = None  # save and exit cleanly after this wall time
+    exit_after_minutes: Optional[float] = None  # save and exit cleanly after this wall time (> 0)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    window: Optional[int] = None  # window at evaluation; None: model.swa.window
+    window: Optional[int] = None  # window at evaluation (>= 1); None: model.swa.window
     niah_lengths: List[int] = field(default_factory=lambda: [1024, 4096, 16384])
     niah_depths: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     niah_samples: int = 10
