@@ -248,7 +248,7 @@ def test_sbatch_with_the_recipes_options(swax, cluster, reference):
 def test_a_list_of_partitions(swax, cluster, reference):
     """slurm.partition=a,b as sbatch takes it (the reference's run again: the job sees DONE)."""
     *_, args = reference
-    job = swax.submit("slurm", "submit", RECIPE, *args, "slurm.partition=debug,short", "slurm.time=5")
+    job = swax.submit("slurm", "submit", RECIPE, *args, "slurm.partition=debug,short", "slurm.time=00:05:00")
     infos, log = finished(cluster, job, timeout=60)
     assert infos[0]["JobState"] == "COMPLETED" and "is done: nothing to do" in log, log
     assert infos[0]["Partition"] in ("debug", "short"), infos[0]
