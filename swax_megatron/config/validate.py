@@ -163,6 +163,10 @@ def _check_names(c: _Checker, r: Recipe) -> None:
             _check_name(c, "slurm.partition", part, _SLURM_WORD, "a SLURM partition name")
     c.require(_SLURM_TIME.fullmatch(s.time) is not None, "slurm.time",
               f"{shorten(s.time, 40)!r} is not a SLURM time (MM, HH:MM:SS or D-HH:MM:SS)")
+    for i, arg in enumerate(s.extra_args):
+        # sbatch takes the first word that is not an option as the script to run.
+        c.require(arg.startswith("-"), f"slurm.extra_args.{i}",
+                  f"{shorten(arg, 40)!r} is not an sbatch option (--name=value)")
 
 
 def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:

@@ -252,6 +252,8 @@ CASES = [
     ("site empty", None, ["slurm.site="], "slurm.site: must not be empty"),
     ("time word", None, ["slurm.time=soon"], "slurm.time: 'soon' is not a SLURM time"),
     ("time option", None, ["slurm.time=1 --x"], "slurm.time: '1 --x' is not a SLURM time"),
+    ("extra arg not an option", None, ["slurm.extra_args=[--exclusive, train.sh]"],
+     "slurm.extra_args.1: 'train.sh' is not an sbatch option"),
     # A sweep file is resolved as one of its entries, never as the un-swept base.
     ("sweep without index", "sweep: {grid: {train.window_schedule.long: [32, 64]}}\n", [],
      "bad.yaml: recipe has a sweep block of 2 entries: choose one with `swax recipe sweep", "resolve"),
