@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .training.signals import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED
+from .exit_codes import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED
 
 PROG = "swax-train"
 

@@ -12,10 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..files import atomic_write
 from . import loader
 from .errors import RecipeError
 from .schema import HASH_EXCLUDED, Recipe, default_ffn_hidden_size
@@ -163,25 +163,6 @@ def resolve_sweep(path: str, overrides: Sequence[str] = ()) -> List[Resolved]:
     if dup:
         raise RecipeError(f"sweep entries resolve to the same run: {sorted(dup)[0]}", origin=path)
     return out
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results should be group-readable
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_resolved(resolved: Resolved) -> str:

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ._atomic import atomic_write_bytes, temp_beside
+from ..files import atomic_write, temp_beside
 from .errors import DataError
 
 _INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -127,7 +127,7 @@ def _write_meta(prefix: str, tokenizer, stats: IndexedStats, source: str) -> Non
         # sizes that no longer match, and the stale metadata is then ignored.
         "bin_bytes": bin_path(prefix).stat().st_size, "idx_bytes": idx_path(prefix).stat().st_size,
     }
-    atomic_write_bytes(meta_path(prefix), (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(meta_path(prefix), (json.dumps(meta, indent=1) + "\n").encode())
 
 
 def read_documents(prefix) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ._atomic import atomic_write_bytes
+from ..files import atomic_write
 from .errors import DataError
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -205,7 +205,7 @@ def train_tokenizer(documents: Iterable[str], output_prefix: str | os.PathLike, 
                     *, num_threads: int = 2) -> SentencePieceTokenizer:
     """Train and write `<output_prefix>.model` atomically; return the loaded tokenizer."""
     path = Path(f"{output_prefix}.model")
-    atomic_write_bytes(path, train_tokenizer_model(documents, vocab_size, num_threads=num_threads))
+    atomic_write(path, train_tokenizer_model(documents, vocab_size, num_threads=num_threads))
     return SentencePieceTokenizer(path)
 
 
@@ -217,7 +217,7 @@ def cached_tokenizer(documents_fn, corpus_fingerprint: str, cache_dir: str | os.
     key = cache_key(corpus_fingerprint, vocab_size, num_threads)
     path = Path(cache_dir) / f"{name}-v{vocab_size}-{key}.model"
     if not path.exists():
-        atomic_write_bytes(path, train_tokenizer_model(documents_fn(), vocab_size,
+        atomic_write(path, train_tokenizer_model(documents_fn(), vocab_size,
                                                        num_threads=num_threads))
     return SentencePieceTokenizer(path)
 

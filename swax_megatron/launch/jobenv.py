@@ -15,7 +15,7 @@ import shlex
 from typing import Optional, Sequence
 
 from ..config.resolve import resolve
-from ..training.signals import EXIT_REQUEUE
+from ..exit_codes import EXIT_REQUEUE
 from .sbatch import check_site, is_done
 
 

@@ -1,7 +1,7 @@
 """Make megatron-core 0.16.1 run on CPU processes with the gloo backend.
 
-megatron-core assumes CUDA in about a dozen places (research note mcore_cpu.md, section A). This
-module patches exactly those, and only when CUDA is absent: on a GPU machine `apply()` returns
+megatron-core assumes CUDA in about a dozen places (each patch below names the upstream code it
+covers). This module patches exactly those, and only when CUDA is absent: on a GPU machine `apply()` returns
 without touching anything. Call it once per process before building models; forked children
 inherit the patches.
 

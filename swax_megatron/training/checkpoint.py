@@ -19,8 +19,8 @@ distributed optimizer in the `fully_reshardable` format), every rank's RNG state
 state (step, consumed samples, skipped steps), the window and LR schedules, the resolved recipe
 the config hash, the resolved recipe and the parallel layout.
 
-The distributed optimizer on the torch-AdamW path (no TE / Apex) needs four fixes to load
-(research note mcore_cpu.md section 7), all applied here:
+The distributed optimizer on the torch-AdamW path (no TE / Apex) of megatron-core 0.16.1 needs
+four fixes to load, all applied here:
   1. AdamW state is created (a dummy step) before `sharded_state_dict(is_loading=True)`, whose
      `state_dict()` asserts one common `step` over a non-empty state;
   2. `_set_main_param_and_optimizer_states` copies the keys the checkpoint has and keeps the
@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..config.resolve import atomic_write
+from ..files import atomic_write
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -194,7 +194,7 @@ def write_manifest(path: Path) -> None:
     torch.distributed.all_gather_object(gathered, mine)
     if torch.distributed.get_rank() == 0:
         files = {k: v for part in gathered for k, v in part.items()}
-        atomic_write(str(path / MANIFEST), json.dumps(
+        atomic_write(path / MANIFEST, json.dumps(
             {"algorithm": "sha256 of the sha256 digests of 16 MiB pieces",
              "files": dict(sorted(files.items()))}, indent=1) + "\n")
 
@@ -427,7 +427,7 @@ class CheckpointManager:
         torch.distributed.barrier()  # every rank's shards are on disk
         write_manifest(path)
         if rank == 0:
-            atomic_write(str(self.root / LATEST), iter_name(step) + "\n")
+            atomic_write(self.root / LATEST, iter_name(step) + "\n")
             self._prune(step)
         torch.distributed.barrier()
         return path, None

@@ -21,7 +21,7 @@ import time
 from typing import List, Sequence
 
 from .distributed import _free_port
-from .signals import EXIT_REQUEUE
+from ..exit_codes import EXIT_REQUEUE
 
 FORWARDED = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 GRACE_SECONDS = 20.0

@@ -33,7 +33,8 @@ from .flops import ModelDims, mfu, train_flops_per_token
 from .lr_schedule import LRSchedule, lr_at
 from .metrics import NullLogger, RunLogger, format_summary, plot_losses, write_summary
 from .rundir import RunDirError, RunLock
-from .signals import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, StopRequest
+from ..exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
+from .signals import StopRequest
 from .validator import Validator
 from .window_schedule import WindowSchedule
 

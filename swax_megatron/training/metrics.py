@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config.resolve import atomic_write
+from ..files import atomic_write
 
 
 def _clean(value):
@@ -206,7 +206,7 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike,
 
 
 def write_summary(path: str | os.PathLike, summary: Dict[str, Any]) -> None:
-    atomic_write(str(path), json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2)
+    atomic_write(path, json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2)
                  + "\n")
 
 

@@ -1,8 +1,9 @@
-"""Exit codes and the stop-request flag set by SIGUSR1 / SIGTERM / SIGINT (Ctrl-C).
+"""The stop-request flag set by SIGUSR1 / SIGTERM / SIGINT (Ctrl-C).
 
 The handler only records the signal; the train loop reads `StopRequest.local` at each step
 boundary, agrees with the other ranks through an all-reduce (a signal may reach only some
-ranks, or reach them at different steps), saves a checkpoint and exits with EXIT_REQUEUE.
+ranks, or reach them at different steps), saves a checkpoint and exits with EXIT_REQUEUE
+(exit_codes.py).
 SLURM's `--signal=USR1@N` (and a scheduler's SIGTERM before a kill) then lead to a clean
 requeue instead of lost work. slurm/pretrain.sh requeues on EXIT_REQUEUE.
 """
@@ -11,19 +12,6 @@ from __future__ import annotations
 
 import signal
 from typing import Iterable, Optional
-
-EXIT_OK = 0
-# Checkpoint written after a stop request (signal or train.exit_after_minutes): requeue me.
-EXIT_REQUEUE = 42
-# Bad input (recipe, data, checkpoint): one clear line on stderr; requeueing will not help.
-EXIT_BAD_INPUT = 2
-# Training diverged (train.max_consecutive_nonfinite NaN/Inf steps in a row), or ended on a
-# non-finite final evaluation or skipped last steps: not done, and requeueing will not help.
-EXIT_DIVERGED = 3
-# Another trainer holds the run directory's lock: this one touched nothing.
-EXIT_BUSY = 4
-# Ctrl-C before the trainer could install its handlers: nothing was started.
-EXIT_INTERRUPTED = 130
 
 # Ctrl-C is a stop request like SIGTERM: checkpoint at the step boundary, exit EXIT_REQUEUE.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)

@@ -12,7 +12,7 @@ VARIANTS = {
     # GQA, RMSNorm, untied; all three layer kinds.
     "xsg_gqa": dict(pattern="XSGX"),
     # LayerNorm (weight + bias), tied embeddings, qkv bias, MHA, one mLSTM head with qk width 64
-    # (research/mlstm.md 2.3: keep 0.5 * hidden a multiple of 64).
+    # (0.5 * hidden a multiple of 64, as the fused kernels' head dims want).
     "layernorm_tied": dict(pattern="SX", hidden_size=128, num_attention_heads=2, num_query_groups=2,
                            mlstm_num_heads=1, normalization="LayerNorm", add_qkv_bias=True,
                            share_embeddings_and_output_weights=True, ffn_hidden_size=192),

@@ -3,7 +3,7 @@
 Everything lives in one temporary directory: the munge key and socket, slurm.conf (found by every
 command through SLURM_CONF), state, spool, logs and PID files. Nothing under /etc or /run is touched,
 so a system munged or another test cluster on the same machine does not collide with this one.
-The daemons run as root with the settings of shared/research/slurm_local.md: linuxproc process
+The daemons run as root with settings that work in a container: linuxproc process
 tracking and no task plugin (cgroup tracking fails in containers), short credential expiry and
 fast scheduler ticks (a requeued job starts within seconds). Teardown stops exactly the PIDs the
 daemons wrote.

@@ -10,7 +10,7 @@ import signal
 import time
 
 from forkrun import TINY_RECIPE, find_run_dir, fork_run, run_module, tiny_overrides, train_records
-from swax_megatron.training.signals import EXIT_REQUEUE
+from swax_megatron.exit_codes import EXIT_REQUEUE
 
 
 def test_sigusr1_to_the_launcher_checkpoints_and_exits_42(tiny_corpus, tmp_path):

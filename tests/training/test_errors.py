@@ -11,7 +11,7 @@ import pytest
 from forkrun import (REPO, TINY_RECIPE, error_lines, find_run_dir, fork_run, one_error_line,
                      tiny_overrides, train_records)
 from swax_megatron.config.resolve import resolve
-from swax_megatron.training.signals import EXIT_BAD_INPUT
+from swax_megatron.exit_codes import EXIT_BAD_INPUT
 
 
 def test_bad_override_via_the_command_line():

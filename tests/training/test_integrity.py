@@ -20,7 +20,8 @@ import pytest
 from forkrun import (TINY_RECIPE, find_run_dir, fork_run, one_error_line, run_module,
                      tiny_overrides, train_records)
 from swax_megatron.training.checkpoint import file_digest
-from swax_megatron.training.signals import EXIT_BUSY, EXIT_DIVERGED, EXIT_REQUEUE, StopRequest
+from swax_megatron.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_REQUEUE
+from swax_megatron.training.signals import StopRequest
 
 
 def _snapshot(root: Path) -> dict:

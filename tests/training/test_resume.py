@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from forkrun import TINY_RECIPE, find_run_dir, fork_run, tiny_overrides, train_records
-from swax_megatron.training.signals import EXIT_REQUEUE
+from swax_megatron.exit_codes import EXIT_REQUEUE
 
 LAYOUTS = {  # dp2-distopt: the optimizer state sharded over 2 data-parallel ranks
     "tp1": [],

@@ -16,7 +16,8 @@ from swax_megatron.training.batches import (BatchLayout, cross_entropy, entropy,
 from swax_megatron.training.faults import Fault, FaultSpecError, parse
 from swax_megatron.training.launch import combine_exit_codes
 from swax_megatron.training.metrics import RunLogger, read_metrics
-from swax_megatron.training.signals import EXIT_REQUEUE, StopRequest
+from swax_megatron.exit_codes import EXIT_REQUEUE
+from swax_megatron.training.signals import StopRequest
 
 
 class _Samples:
