@@ -21,9 +21,14 @@ class RunConfig:
     description: str = ""
 
 
+# The windows, and the one rule that relates them: training step t runs its S layers at
+# `train.window_schedule`'s window for t; everything else (the validation loss during training,
+# export, generation) runs at `model.swa.window`. Training never reads `model.swa.window`, so set
+# it to the window the model should be judged at (the paper: 2048, the stochastic schedule's
+# `long`, which the anneal phase ends training with).
 @dataclass
 class SwaConfig:
-    window: int = 2048  # the window S layers use when no per-step window is set (evaluation)
+    window: int = 2048  # the model's window outside training (validation, export, generation)
 
 
 @dataclass
@@ -82,7 +87,7 @@ class ParallelConfig:
 class WindowScheduleConfig:
     kind: Literal["fixed", "stochastic", "list"] = "fixed"
     short: int = 128
-    long: int = 2048  # also the fixed window, and the window of the anneal phase
+    long: int = 2048  # the window of kind `fixed`, and of the anneal phase of `stochastic`
     p_short: float = 0.5  # probability of the short window per step (stochastic)
     anneal_fraction: float = 0.1  # last fraction of steps fixed at `long` (stochastic)
     windows: List[int] = field(default_factory=list)  # per-step windows (list)
@@ -143,15 +148,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class EvalConfig:
-    window: Optional[int] = None  # window at evaluation (>= 1); None: model.swa.window
-    niah_lengths: List[int] = field(default_factory=lambda: [1024, 4096, 16384])
-    niah_depths: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    niah_samples: int = 10
-    batch_size: int = 1
-
-
-@dataclass
 class SlurmConfig:
     nodes: int = 1
     gpus_per_node: int = 1  # tasks per node; on CPU, processes per node
@@ -176,7 +172,6 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property

@@ -16,7 +16,7 @@ crash or an allocation of gigabytes later:
     model.vocab_size, data.tokenizer_vocab_size <= 16,777,216 (MAX_VOCAB)
     train.seq_length, every window and length  <= 16,777,216 tokens (MAX_TOKENS)
     train.steps and every step count            <= 1,000,000,000 (MAX_STEPS)
-    batch sizes (train, eval)                   <= 16,777,216 sequences (MAX_BATCH)
+    batch sizes                                 <= 16,777,216 sequences (MAX_BATCH)
     slurm.nodes <= 65,536, gpus_per_node <= 1,024, cpus_per_task <= 4,096, signal_seconds <= 65,535
     run.seed in [0, 2**31 - 1] (numpy seeds are 32-bit; megatron adds offsets)
     run.name, slurm.job_name: one path component of [A-Za-z0-9_.+=-], starting with a letter or
@@ -41,7 +41,7 @@ MAX_VOCAB = 1 << 24
 MAX_TOKENS = 1 << 24
 MAX_STEPS = 10 ** 9
 MAX_BATCH = 1 << 24
-MAX_COUNT = 10 ** 6  # eval iterations, NIAH samples, checkpoints kept, array parallelism
+MAX_COUNT = 10 ** 6  # eval iterations, checkpoints kept, array parallelism
 MAX_NODES, MAX_GPUS_PER_NODE, MAX_CPUS_PER_TASK = 1 << 16, 1 << 10, 1 << 12
 MAX_SIGNAL_SECONDS = 65535  # sbatch --signal's limit
 MAX_SEED = 2 ** 31 - 1
@@ -77,11 +77,6 @@ INT_RANGES: List[Tuple[str, int, int]] = [
     ("data.tokenizer_vocab_size", 260, MAX_VOCAB),  # 256 byte-fallback pieces plus specials
     ("checkpoint.every_steps", 1, MAX_STEPS),
     ("checkpoint.keep_last", 1, MAX_COUNT),
-    # The trainer reads `eval.window or model.swa.window`: 0 must not mean "the default".
-    ("eval.window", 1, MAX_TOKENS),
-    ("eval.niah_lengths", 1, MAX_TOKENS),
-    ("eval.niah_samples", 1, MAX_COUNT),
-    ("eval.batch_size", 1, MAX_BATCH),
     ("slurm.nodes", 1, MAX_NODES),
     ("slurm.gpus_per_node", 1, MAX_GPUS_PER_NODE),
     ("slurm.cpus_per_task", 1, MAX_CPUS_PER_TASK),
@@ -304,9 +299,3 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
               "must be > 0 or null")
     c.require(t.exit_after_minutes is None or t.exit_after_minutes > 0, "train.exit_after_minutes",
               f"must be > 0 or null, got {t.exit_after_minutes}")
-
-    # Evaluation.
-    e = r.eval
-    for i, depth in enumerate(e.niah_depths):
-        c.require(0.0 <= depth <= 1.0, f"eval.niah_depths.{i}",
-                  f"depth is a fraction of the context: must be in [0, 1], got {depth}")

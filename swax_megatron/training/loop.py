@@ -216,8 +216,7 @@ class Job:
                  "use_distributed_optimizer": self.recipe.parallel.use_distributed_optimizer}
         self.checkpointer = Checkpointer(manager, self.recipe.checkpoint, start, extra, self.log,
                                          fault)
-        eval_window = self.recipe.eval.window
-        self.eval_window = self.recipe.model.swa.window if eval_window is None else eval_window
+        self.eval_window = self.recipe.model.swa.window  # the one rule: schema.SwaConfig
         self.validator = Validator(engine, datasets.valid, layout, tr, self.eval_window,
                                    self.has_swa, self.log, device)
         self.log.message(

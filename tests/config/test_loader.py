@@ -21,22 +21,20 @@ def test_base_deep_merges_dicts_and_replaces_lists(tmp_path):
         model:
           hidden_size: 128
           mlstm: {num_heads: 2, chunk_size: 32}
-        eval:
-          niah_lengths: [1, 2, 3]
-        train: {seq_length: 256, global_batch_size: 4}
+        train: {seq_length: 256, global_batch_size: 4, window_schedule: {kind: list, windows: [1, 2, 3]}}
         """)
     path = write(tmp_path, "sub/b.yaml", """
         base: ../a.yaml
         model:
           mlstm: {num_heads: 4}
-        eval:
-          niah_lengths: [7]
+        train:
+          window_schedule: {windows: [7]}
         """)
     r = resolve(path).recipe
     assert r.model.hidden_size == 128            # inherited
     assert r.model.mlstm.num_heads == 4          # overridden inside a merged dict
     assert r.model.mlstm.chunk_size == 32        # sibling kept
-    assert r.eval.niah_lengths == [7]            # list replaced, not appended
+    assert r.train.window_schedule.windows == [7]  # list replaced, not appended
 
 
 def test_base_list_later_wins_and_null_sets_none(tmp_path):
@@ -50,11 +48,12 @@ def test_base_list_later_wins_and_null_sets_none(tmp_path):
 def test_overrides_are_typed(tmp_path):
     path = write(tmp_path, "a.yaml", "{}\n")
     r = resolve(path, ["optim.lr=1e-3", "train.steps=7", "optim.warmup_steps=2", "model.tie_embeddings=true",
-                       "eval.niah_lengths=[8, 16]", "eval.niah_lengths.1=32",
+                       "train.window_schedule.kind=list",
+                       "train.window_schedule.windows=[8, 16]", "train.window_schedule.windows.1=32",
                        "data.source=[a, b]", "model.output_logit_soft_cap=null"]).recipe
     assert r.optim.lr == pytest.approx(1e-3) and isinstance(r.optim.lr, float)
     assert r.train.steps == 7 and r.model.tie_embeddings is True
-    assert r.eval.niah_lengths == [8, 32]
+    assert r.train.window_schedule.windows == [8, 32]
     assert r.data.source == ["a", "b"] and r.model.output_logit_soft_cap is None
 
 
