@@ -95,6 +95,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                       f"launch {recipe.world_size} or override slurm.gpus_per_node")
 
     _quiet_known_warnings()
+    distributed.set_determinism(recipe.train.deterministic)
     from .parallel import cpu_compat
     from .training import loop
 

@@ -106,6 +106,10 @@ class TrainConfig:
     eval_iters: int = 10
     max_consecutive_nonfinite: int = 5  # abort after this many skipped NaN/Inf steps in a row
     exit_after_minutes: Optional[float] = None  # save and exit cleanly after this wall time (> 0)
+    # Deterministic kernels wherever a backend has them (training.distributed.set_determinism):
+    # steps are bitwise reproducible, so resume is bitwise. false: TE's faster non-deterministic
+    # attention backward; a resumed run then equals an uninterrupted one to round-off only.
+    deterministic: bool = True
 
 
 @dataclass
@@ -191,5 +195,5 @@ class Recipe:
 HASH_EXCLUDED = (
     "run.output_root", "run.description", "data.cache_dir", "checkpoint.dir",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "slurm",
-    "parallel", "train.log_every", "train.exit_after_minutes",
+    "parallel", "train.log_every", "train.exit_after_minutes", "train.deterministic",
 )

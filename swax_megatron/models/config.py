@@ -229,6 +229,7 @@ def swax_config_from_recipe(recipe, vocab_size: Optional[int] = None, **override
         use_cpu_initialization=on_cpu,
         # gloo + PP=2 swaps batched sends (cpu_compat docstring); harmless to avoid on GPU too.
         batch_p2p_comm=not on_cpu,
+        deterministic_mode=recipe.train.deterministic,
     )
     if m.fp8 is not None:
         kwargs.update(fp8=m.fp8, fp8_recipe=m.fp8_recipe)

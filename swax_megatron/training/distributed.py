@@ -67,6 +67,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def set_determinism(deterministic: bool) -> None:
+    """Ask every backend for deterministic kernels (or allow the fast non-deterministic ones).
+    Call before Transformer Engine is imported: TE reads its variable when choosing the attention
+    backend. On CPU the torch kernels used here are deterministic for a fixed thread count."""
+    os.environ["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] = "0" if deterministic else "1"
+    if deterministic and torch.cuda.is_available():
+        # cuBLAS needs a fixed workspace split for reproducible GEMMs (torch's documented rule);
+        # torch then picks its deterministic implementations (e.g. the embedding backward).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def init_process_group(d: DistEnv) -> str:
     """Initialise torch.distributed for `d`; returns the device type ("cuda" or "cpu")."""
     on_gpu = torch.cuda.is_available()

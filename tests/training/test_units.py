@@ -135,3 +135,15 @@ def test_launcher_environment_detection():
     assert (d.rank, d.world_size, d.local_rank, d.local_world_size, d.launcher) == (
         5, 16, 1, 8, "slurm")
     assert distributed.detect({}).launcher == "single"
+
+
+def test_determinism_reaches_transformer_engine(monkeypatch):
+    # TE reads NVTE_ALLOW_NONDETERMINISTIC_ALGO when it picks an attention backward; the recipe's
+    # train.deterministic must set it (before TE is imported) both ways.
+    from swax_megatron.training.distributed import set_determinism
+
+    monkeypatch.delenv("NVTE_ALLOW_NONDETERMINISTIC_ALGO", raising=False)
+    set_determinism(True)
+    assert os.environ["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] == "0"
+    set_determinism(False)
+    assert os.environ["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] == "1"

@@ -66,11 +66,18 @@ def _bwd_state_kernel(
         for l0 in range(0, L, BL):
             row0 = c * L + l0
             ok = row0 + ar_l < S
-            # DEN/MT of rows in blocks past S were never written: select, do not multiply.
-            coef = tl.exp(tl.load(g_base + row0 + ar_l) + m_in - tl.load(MT_ptr + bh * NC * L + row0 + ar_l)) \
-                * scale / tl.load(DEN_ptr + bh * NC * L + row0 + ar_l)
+            mt_ptrs = MT_ptr + bh * NC * L + row0 + ar_l
+            den_ptrs = DEN_ptr + bh * NC * L + row0 + ar_l
             if MASK_S:
-                coef = tl.where(ok, coef, 0.0)
+                # DEN/MT of rows in blocks past S were never written (torch.empty): those rows are not
+                # read, and take the exponent -inf (coefficient 0) instead of a select after exp.
+                expo = tl.load(g_base + row0 + ar_l) + m_in - tl.load(mt_ptrs, mask=ok, other=0.0)
+                expo = tl.where(ok, expo, float("-inf"))
+                den = tl.load(den_ptrs, mask=ok, other=1.0)
+            else:
+                expo = tl.load(g_base + row0 + ar_l) + m_in - tl.load(mt_ptrs)
+                den = tl.load(den_ptrs)
+            coef = tl.exp(expo) * scale / den
             qT = load_tile(q_base + row0 * DK + qT_off, mk, ok, MASK_K, MASK_S)
             dh = load_tile(dh_base + row0 * DV + dh_off, ok, mv, MASK_S, MASK_V)
             dC = tl.dot((qT.to(ACC) * coef[None, :]).to(SDT), dh.to(SDT), dC, input_precision=PREC, out_dtype=ACC)
@@ -191,9 +198,10 @@ def _dk_block(dh_base, v_base, q_base, g_base, i_base, acc, diag, b_j, i_j, offs
     b_t = tl.load(g_base + offs_t)
     mt_t = tl.load(MT_base + offs_t)
     den_t = tl.load(DEN_base + offs_t)
-    dT = tl.exp(((b_t[None, :] - b_j[:, None]) + i_j[:, None]) - mt_t[None, :])
-    if DIAG:
-        dT = tl.where(offs_t[None, :] >= offs_j[:, None], dT, 0.0)
+    dT = ((b_t[None, :] - b_j[:, None]) + i_j[:, None]) - mt_t[None, :]
+    if DIAG:  # -inf before exp, not a select after an overflow (see decay_block)
+        dT = tl.where(offs_t[None, :] >= offs_j[:, None], dT, float("-inf"))
+    dT = tl.exp(dT)
     a = dpT * dT * (scale / den_t)[None, :]
     if DIAG:
         diag += tl.sum(tl.where(offs_t[None, :] == offs_j[:, None], a, 0.0), axis=1)
@@ -293,9 +301,10 @@ def _dv_block(q_base, k_base, dh_base, g_base, i_base, acc, b_j, i_j, offs_j, ok
     b_t = tl.load(g_base + offs_t)
     mt_t = tl.load(MT_base + offs_t)
     den_t = tl.load(DEN_base + offs_t)
-    dT = tl.exp(((b_t[None, :] - b_j[:, None]) + i_j[:, None]) - mt_t[None, :])
-    if DIAG:
-        dT = tl.where(offs_t[None, :] >= offs_j[:, None], dT, 0.0)
+    dT = ((b_t[None, :] - b_j[:, None]) + i_j[:, None]) - mt_t[None, :]
+    if DIAG:  # -inf before exp, not a select after an overflow (see decay_block)
+        dT = tl.where(offs_t[None, :] >= offs_j[:, None], dT, float("-inf"))
+    dT = tl.exp(dT)
     a = pT * dT * (scale / den_t)[None, :]
     dh = load_tile(dh_base + t0 * DV + ar_l[:, None] * DV + tl.arange(0, BV)[None, :], ok_t, mv, MASK_S, MASK_V)
     acc = tl.dot(a.to(DT), dh.to(DT), acc, input_precision=PREC, out_dtype=ACC)

@@ -45,24 +45,43 @@ class Blocks:
     stages: int
 
 
+# GPU tiling per input dtype: (BL, BK_S, BV_S, BK, BV, warps). Each row is the largest tried that
+# compiles without register spills for sm_90 and sm_80 at the xLSTM-7B heads (256 x 512) and at small
+# ragged heads (bench/gpu_check.py --aot fails on any spill). fp32 runs its dots as tf32x3 (each operand
+# split in two tf32 halves, three MMAs), so its tiles hold twice the registers: at the bf16 tiling sm_90
+# spilled up to 268 B per thread and sm_80 38 KB; 32-wide tiles are the first that spill nowhere.
+# fp16 keeps its state dots in fp32 (states can leave the fp16 range): 64 x 64 state tiles spilled 24 B
+# on sm_80 there.
+_GPU_TILES = {
+    torch.bfloat16: (64, 64, 64, 64, 128, 8),
+    torch.float16: (64, 64, 32, 64, 128, 8),
+    torch.float32: (32, 32, 32, 32, 32, 4),
+}
+
+
 def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool, block_l: int | None = None,
                 block_k: int | None = None, block_v: int | None = None, num_warps: int | None = None,
-                num_stages: int | None = None) -> Blocks:
+                num_stages: int | None = None, dtype: torch.dtype = torch.bfloat16) -> Blocks:
     """Heuristic tiling (no autotuning, no device query); the keyword arguments override it.
 
     The interpreter runs each program instance as numpy code, so there the fewest, largest tiles win.
-    On a GPU: 64-row inner blocks, 8 warps, 64 x 64 state tiles, and for the parallel kernels 64-wide K tiles
-    and 128-wide V tiles (fewer recomputations of q k^T in the forward and dv kernels). Compiled for sm_90 /
-    sm_80 in bf16 at the xLSTM-7B heads (256 x 512), no kernel spills registers (bench/gpu_check.py --aot);
-    speed is unmeasured here: bench/gpu_check.py --sweep times alternatives."""
+    On a GPU, per input dtype (_GPU_TILES): for bf16, 64-row inner blocks, 8 warps, 64 x 64 state tiles,
+    and for the parallel kernels 64-wide K tiles and 128-wide V tiles (fewer recomputations of q k^T in
+    the forward and dv kernels); smaller tiles for fp16 state kernels and for fp32. Compiled for sm_90 /
+    sm_80 at the xLSTM-7B heads (256 x 512) no kernel spills registers in any dtype (bench/gpu_check.py
+    --aot checks it); float64 (tests only) takes the fp32 tiles. Speed is unmeasured here:
+    bench/gpu_check.py --sweep times alternatives."""
     L = min(chunk_size, _p2(S))  # a chunk longer than the (power-of-two rounded) sequence only adds padding
-    BL = min(L, 64)
     if interpret:
+        BL = min(L, 64)
         BK_S = BK = min(_p2(DK), 256)
         BV_S = BV = min(_p2(DV), 512)
+        warps = 8
     else:
-        BK_S = BK = min(_p2(DK), 64)
-        BV_S, BV = min(_p2(DV), 64), min(_p2(DV), 128)
+        BL, BK_S, BV_S, BK, BV, warps = _GPU_TILES.get(dtype, _GPU_TILES[torch.float32])
+        BL = min(L, BL)
+        BK_S, BK = min(_p2(DK), BK_S), min(_p2(DK), BK)
+        BV_S, BV = min(_p2(DV), BV_S), min(_p2(DV), BV)
     if block_l is not None:
         BL = min(L, block_l)
     if block_k is not None:
@@ -72,7 +91,7 @@ def pick_blocks(S: int, DK: int, DV: int, chunk_size: int, interpret: bool, bloc
     for name, val in (("block_l", BL), ("block_k", BK), ("block_v", BV)):
         if val < 16 or val & (val - 1):
             raise ValueError(f"mlstm_chunkwise_triton: {name} must be a power of two >= 16, got {val}")
-    warps = 8 if num_warps is None else num_warps
+    warps = warps if num_warps is None else num_warps
     stages = 2 if num_stages is None else num_stages
     return Blocks(L, BL, BK_S, BV_S, BK, BV, warps, warps, stages)
 
@@ -187,7 +206,7 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         B, H, S, DK = q.shape
         DV = v.shape[-1]
         BH = B * H
-        blk = pick_blocks(S, DK, DV, chunk_size, INTERPRET, **tiling)
+        blk = pick_blocks(S, DK, DV, chunk_size, INTERPRET, dtype=q.dtype, **tiling)
         NC = triton.cdiv(S, blk.L)
         acc_t = torch.float64 if q.dtype == torch.float64 else torch.float32
         q3, k3, v3 = (t.reshape(BH, S, t.shape[-1]).contiguous() for t in (q, k, v))

@@ -53,12 +53,14 @@ def store_tile(ptrs, x, row_ok, col_ok, MR: tl.constexpr, MC: tl.constexpr):
 @triton.jit
 def decay_block(b_t, m_t, offs_t, g_base, offs_j, i_base, DIAG: tl.constexpr):
     """D_tj = exp(b_t - b_j + i_j - m_t), causal mask on the diagonal block only. (b_t - b_j) is formed
-    first: both can be large (forget gates near 0) while their difference is small."""
+    first: both can be large (forget gates near 0) while their difference is small. Masked entries
+    (j > t) get the exponent -inf rather than a select after exp: there b_t - b_j is a sum of -log f
+    terms and overflows (inf), harmless only while the select comes before any arithmetic on it."""
     val = (b_t[:, None] - tl.load(g_base + offs_j)[None, :]) + tl.load(i_base + offs_j)[None, :]
-    d = tl.exp(val - m_t[:, None])
+    val = val - m_t[:, None]
     if DIAG:
-        d = tl.where(offs_t[:, None] >= offs_j[None, :], d, 0.0)
-    return d
+        val = tl.where(offs_t[:, None] >= offs_j[None, :], val, float("-inf"))
+    return tl.exp(val)
 
 
 @triton.jit
