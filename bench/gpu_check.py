@@ -4,7 +4,8 @@
     python bench/gpu_check.py                 # everything, within --budget seconds (default 285)
     python bench/gpu_check.py --only correct_bf16,own,tfla_xl
     python bench/gpu_check.py --aot           # no GPU needed: drive the real wrapper through a compile-only
-                                              # driver for sm_90 / sm_80; ptxas registers and spills
+                                              # driver for sm_90 / sm_80; ptxas registers and spills; exit
+                                              # status 1 (and an "aot: SPILL" line per kernel) on any spill
     python bench/gpu_check.py --smoke         # no GPU needed: this script's own code paths on CPU under
                                               # TRITON_INTERPRET=1 with tiny shapes (timings meaningless)
 
@@ -358,22 +359,43 @@ def env_info() -> dict:
     return info
 
 
-def aot(arches=(90, 80)) -> int:
-    """Without a GPU: drive the real wrapper (forward and backward, bf16 / fp16 / fp32, with initial and final
-    state gradients, full and ragged tiles) through a stand-in CUDA driver that compiles each kernel for
-    sm_XX exactly as its first launch would, but launches nothing. Prints ptxas registers and spills."""
+AOT_SHAPES = [(1, 2, 512, DQK, DHV, 128), (2, 2, 300, 48, 80, 64)]  # (B, H, S, DK, DV, chunk): paper heads, ragged
+
+
+def _ptxas_usage(ptx: str, arch: int) -> dict:
+    """Registers, stack frame and spill bytes of one kernel, from `ptxas -v` on its PTX with the flags
+    triton's own make_cubin uses (the cubin's resource table has no spill counts)."""
     import re
     import tempfile
 
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        p = subprocess.run([get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                            f"--gpu-name={sm_arch_from_capability(arch)}",
+                            src, "-o", os.path.join(d, "k.cubin")], capture_output=True, text=True)
+    log = p.stderr + p.stdout
+    if p.returncode != 0:
+        raise RuntimeError(f"ptxas failed ({p.returncode}): {log[-300:]}")
+    grab = lambda pat: int(m.group(1)) if (m := re.search(pat, log)) else -1  # noqa: E731
+    return dict(registers=grab(r"Used (\d+) registers"), stack=grab(r"(\d+) bytes stack frame"),
+                spill_stores=grab(r"(\d+) bytes spill stores"), spill_loads=grab(r"(\d+) bytes spill loads"))
+
+
+def aot_records(arches=(90, 80), dtypes=("bfloat16", "float16", "float32"), shapes=AOT_SHAPES, tiling=None):
+    """Without a GPU: drive the real wrapper (forward and backward, with initial and final state gradients, full
+    and ragged tiles) through a stand-in CUDA driver that compiles each kernel for sm_XX exactly as its first
+    launch would, but launches nothing. Returns (one record per compiled kernel, failed configurations)."""
     import torch
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
     import swax_megatron.ops.mlstm.triton.chunk as chunk
 
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     arch_now = [arches[0]]
 
     class CompileOnlyDriver:  # what JITFunction.run asks of the active driver
@@ -393,14 +415,14 @@ def aot(arches=(90, 80)) -> int:
             return True
 
     seen = {}
-    orig_run = JITFunction.run
+    cfg = [""]
+    orig_run, orig_check = JITFunction.run, chunk._check
+    orig_driver = driver._active  # None on a machine without a GPU: no default driver can be made there
 
     def compile_only(self, *a, grid, warmup, **kw):
         k = orig_run(self, *a, grid=grid, warmup=True, **kw)
         seen.setdefault((arch_now[0], self.fn.__name__, cfg[0]), k)
         return k
-
-    orig_check = chunk._check
 
     def check_as_if_gpu(*a, **kw):  # the CPU stand-in tensors pass the device guard
         chunk.INTERPRET = True
@@ -412,35 +434,61 @@ def aot(arches=(90, 80)) -> int:
     driver.set_active(CompileOnlyDriver())
     JITFunction.run = compile_only
     chunk._check = check_as_if_gpu
-    cfg = [""]
-    bad = 0
-    for arch in arches:
-        arch_now[0] = arch
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for (b, h, s, dk, dv, cs) in [(1, 2, 512, DQK, DHV, 128), (2, 2, 300, 48, 80, 64)]:
-                cfg[0] = f"{str(dtype)[6:]} {dk}x{dv} L{cs} S{s}"
-                x = [torch.randn(b, h, s, dk), torch.randn(b, h, s, dk), torch.randn(b, h, s, dv),
-                     torch.randn(b, h, s), torch.randn(b, h, s)]
-                x = [t.to(dtype).requires_grad_() for t in x]
-                st = tuple(t.requires_grad_() for t in (torch.zeros(b, h, dk, dv), torch.zeros(b, h, dk),
-                                                       torch.zeros(b, h)))
-                try:
-                    hh, (C, n, _) = chunk.mlstm_chunkwise_triton(*x, chunk_size=cs, initial_state=st)
-                    (hh.float().sum() + C.sum() + n.sum()).backward()
-                except Exception as e:  # noqa: BLE001
-                    bad += 1
-                    print(f"  sm_{arch} {cfg[0]}: FAILED {type(e).__name__}: {str(e)[:500]}")
+    failed = []
+    try:
+        for arch in arches:
+            arch_now[0] = arch
+            for dtype_name in dtypes:
+                dtype = getattr(torch, dtype_name)
+                for (b, h, s, dk, dv, cs) in shapes:
+                    cfg[0] = f"{dtype_name} {dk}x{dv} L{cs} S{s}"
+                    x = [torch.randn(b, h, s, dk), torch.randn(b, h, s, dk), torch.randn(b, h, s, dv),
+                         torch.randn(b, h, s), torch.randn(b, h, s)]
+                    x = [t.to(dtype).requires_grad_() for t in x]
+                    st = tuple(t.requires_grad_() for t in (torch.zeros(b, h, dk, dv), torch.zeros(b, h, dk),
+                                                           torch.zeros(b, h)))
+                    try:
+                        hh, (C, n, _) = chunk.mlstm_chunkwise_triton(*x, chunk_size=cs, initial_state=st,
+                                                                     **(tiling or {}))
+                        (hh.float().sum() + C.sum() + n.sum()).backward()
+                    except Exception as e:  # noqa: BLE001
+                        failed.append(f"sm_{arch} {cfg[0]}: FAILED {type(e).__name__}: {str(e)[:500]}")
+    finally:
+        JITFunction.run, chunk._check = orig_run, orig_check
+        driver._active = orig_driver
+    records = []
     for (arch, name, c), k in seen.items():
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(k.asm["cubin"])
-            f.flush()
-            out = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        m = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
-        reg, stack = m.groups() if m else ("?", "?")
-        print(f"  sm_{arch} {c:<26} {name:<18} warps={k.metadata.num_warps} registers={reg} "
-              f"spill stack={stack} B shared={k.metadata.shared} B")
-    print(f"aot: {len(seen)} kernels compiled, {bad} configurations failed")
-    return 1 if bad else 0
+        records.append(dict(arch=arch, config=c, kernel=name, warps=k.metadata.num_warps,
+                            shared=k.metadata.shared, **_ptxas_usage(k.asm["ptx"], arch)))
+    return records, failed
+
+
+def aot(arches=(90, 80), tiling=None, dtypes=("bfloat16", "float16", "float32")) -> int:
+    """Compile every kernel for sm_90 / sm_80 without a GPU (aot_records) and print ptxas registers, stack
+    frame and spills. Exit status 1 when a configuration fails to compile or any kernel spills registers
+    (spill stores or loads > 0): a spill is local-memory traffic inside the kernels' inner loops, and the
+    tiling heuristics (ops/mlstm/triton/chunk.py pick_blocks) are chosen so that none does."""
+    records, failed = aot_records(arches, dtypes, tiling=tiling)
+    spills = []
+    for r in records:
+        line = (f"sm_{r['arch']} {r['config']:<26} {r['kernel']:<18} warps={r['warps']} registers={r['registers']} "
+                f"stack={r['stack']} B spill stores={r['spill_stores']} B loads={r['spill_loads']} B "
+                f"shared={r['shared']} B")
+        print("  " + line)
+        if r["spill_stores"] != 0 or r["spill_loads"] != 0:
+            spills.append(line)
+    for line in failed:
+        print("  " + line)
+    for line in spills:
+        print(f"aot: SPILL {line}")
+    worst = {}
+    for r in records:
+        key = (r["arch"], r["config"].split()[0])
+        worst[key] = max(worst.get(key, 0), r["spill_stores"])
+    print("aot: largest spill stores per arch and dtype: "
+          + ", ".join(f"sm_{a} {d} {v} B" for (a, d), v in sorted(worst.items())))
+    print(f"aot: {len(records)} kernels compiled, {len(failed)} configurations failed, {len(spills)} kernels spill")
+    return 1 if failed or spills else 0
 
 
 def main(argv=None) -> int:
@@ -453,7 +501,11 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=285.0, help="wall-clock seconds for all cases (default 285)")
     ap.add_argument("--case-timeout", type=float, default=150.0, help="seconds per case subprocess (default 150)")
     ap.add_argument("--json-out", help="also write every JSON record (and the environment) to this file")
-    ap.add_argument("--aot", action="store_true", help="compile-only check for sm_90 and sm_80, no GPU needed")
+    ap.add_argument("--aot", action="store_true", help="compile-only check for sm_90 and sm_80, no GPU needed; "
+                    "exit status 1 when a kernel spills registers")
+    ap.add_argument("--aot-tiling", help="with --aot: JSON tiling overrides of mlstm_chunkwise_triton, e.g. "
+                    "'{\"block_l\": 32, \"num_warps\": 4}' (to try tilings before changing pick_blocks)")
+    ap.add_argument("--aot-dtypes", default="bfloat16,float16,float32", help="with --aot: comma-separated dtypes")
     ap.add_argument("--smoke", action="store_true", help="test this script on CPU: tiny shapes under "
                     "TRITON_INTERPRET=1 (slow interpreter, meaningless timings)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
@@ -466,7 +518,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     if args.aot:
-        return aot()
+        return aot(tiling=json.loads(args.aot_tiling) if args.aot_tiling else None,
+                   dtypes=tuple(args.aot_dtypes.split(",")))
 
     if args.case:
         fn, kw, _, _ = {**CASES, **SWEEP}[args.case]

@@ -148,6 +148,21 @@ def test_extreme_gates(gates):
     check(ref, tri, EXTREME_TOL[gates])
 
 
+@pytest.mark.parametrize("gates", ["forget_zero", "saturated"])
+def test_masked_lanes_compute_no_overflow(gates):
+    """Masked lanes (keys after the query on diagonal blocks, rows past S) take the exponent -inf instead
+    of an exp that overflows and a select that hides it (fine on a GPU until someone multiplies instead of
+    selecting). The interpreter computes with numpy, so numpy's floating-point errors, raised here, catch
+    any inf or NaN formed anywhere in the kernels. S=100 leaves a ragged last block; forget gates near 0
+    make b_t - b_j, for j after t, a sum of +15s."""
+    import numpy as np
+
+    inputs, _ = make_inputs(1, 2, 100, 16, 32, seed=8, gates=gates)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        ref, tri = run_both(inputs, None, chunk_size=64, state_loss=False, block_l=32)
+    check(ref, tri, EXTREME_TOL[gates])
+
+
 def test_initial_state_and_state_gradients():
     inputs, state = make_inputs(1, 2, 100, 32, 64, seed=3, init=True)
     ref, tri = run_both(inputs, state, chunk_size=32)
