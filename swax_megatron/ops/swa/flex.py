@@ -34,7 +34,7 @@ import torch
 from ._common import check_inputs
 
 try:
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     HAVE_FLEX = True
 except ImportError:  # torch < 2.5
