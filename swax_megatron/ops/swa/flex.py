@@ -6,11 +6,11 @@ cost grows as S x window, like the chunked torch path, but in one fused kernel.
 Two choices keep it usable at the paper's lengths and with a per-step window:
 
 - The block structure is built from the band's geometry (`band_block_mask`), not by
-  `create_block_mask`, which evaluates the mask on a dense S x S grid (measured 2.65 GiB at
-  S=16384, ~170 GiB at 131k; bench/flex_mask_memory.py). What remains is the BlockMask itself:
-  torch's layout holds four [S/128, S/128] int32 index tables (16 MiB at 131k), and the
-  construction adds only O(S/128) vectors on top. `create_block_mask` stays the reference the
-  tests compare against, field by field.
+  `create_block_mask`, which evaluates the mask on a dense S x S grid (peak 2.5 GiB at S=16384,
+  x4 per doubling, so ~160 GiB at 131k; bench/flex_mask_memory.py). What remains is the
+  BlockMask itself: torch's layout holds four [S/128, S/128] int32 index tables (16 MiB at
+  131k), and building them peaks at about twice that (37 MiB). `create_block_mask` stays the
+  reference the tests compare against, field by field.
 - The window is a runtime value of the mask: `mask_mod` reads a 0-d tensor instead of closing over
   a Python int. A Python constant is baked into the compiled graph, so every window (the
   stochastic schedule's two, plus full causal for G layers) in each grad mode (training,
