@@ -31,6 +31,7 @@ import re
 import typing
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..ops.mlstm.chunk_rules import chunk_size_problem
 from . import pattern as pattern_mod
 from .errors import RecipeError, shorten
 from .schema import Recipe
@@ -208,8 +209,10 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
                       f"model.mlstm.{name}",
                       f"hidden_size x {name} = {dim:g} must be a positive multiple of "
                       f"{x.num_heads} mLSTM heads")
-        c.require(t.seq_length % x.chunk_size == 0, "model.mlstm.chunk_size",
-                  f"train.seq_length {t.seq_length} is not divisible by mLSTM chunk_size {x.chunk_size}")
+        # The op that will run decides (ops/mlstm/chunk_rules.py), so a chunk size the GPU kernel
+        # refuses fails here, not at the first GPU step.
+        problem = chunk_size_problem(x.kernel, x.chunk_size, t.seq_length)
+        c.require(problem is None, "model.mlstm.chunk_size", str(problem))
     x = m.mlstm
     c.require(x.gate_soft_cap > 0, "model.mlstm.gate_soft_cap", f"must be > 0, got {x.gate_soft_cap}")
     c.require(len(x.fgate_bias_init) == 2 and x.fgate_bias_init[0] <= x.fgate_bias_init[1],

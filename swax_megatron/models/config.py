@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
 from ..config.pattern import PatternError, expand, split_for_pipeline
+from ..ops.mlstm.chunk_rules import chunk_size_problem
 from ..config.schema import default_ffn_hidden_size  # noqa: F401  (re-exported)
 
 VOCAB_MULTIPLE = 128  # vocab padding; a multiple of 128 divides by every power-of-two TP <= 128
@@ -147,8 +148,9 @@ class SwaxConfig(TransformerConfig):
             lo_hi = tuple(self.mlstm_fgate_bias_init)
             if len(lo_hi) != 2:
                 raise SwaxConfigError(f"mlstm_fgate_bias_init must be (lo, hi), got {lo_hi!r}")
-            if self.mlstm_chunk_size < 1:
-                raise SwaxConfigError(f"mlstm_chunk_size must be >= 1, got {self.mlstm_chunk_size}")
+            problem = chunk_size_problem(self.mlstm_kernel, self.mlstm_chunk_size)
+            if problem is not None:
+                raise SwaxConfigError(f"mlstm_{problem}")
             if self.mlstm_gate_soft_cap is not None and self.mlstm_gate_soft_cap <= 0:
                 raise SwaxConfigError(f"mlstm_gate_soft_cap must be > 0 or None, got "
                                       f"{self.mlstm_gate_soft_cap}")

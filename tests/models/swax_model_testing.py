@@ -26,7 +26,9 @@ def tiny_config(pattern, tp=1, pp=1, **overrides):
         ffn_hidden_size=96, layer_pattern=pattern, swa_window=5, mlstm_num_heads=2,
         # igate bias 0 instead of -10: the mLSTM then contributes O(1) from the first step, so a
         # wrong mLSTM shard or gradient cannot hide below the tolerances.
-        mlstm_igate_bias_init=0.0, mlstm_chunk_size=8, vocab_size=VOCAB, max_sequence_length=SEQ,
+        # chunk 8 (several chunks at SEQ) is a torch-kernel size: triton takes powers of two >= 16.
+        mlstm_igate_bias_init=0.0, mlstm_chunk_size=8, mlstm_kernel="torch", vocab_size=VOCAB,
+        max_sequence_length=SEQ,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
         batch_p2p_comm=False, init_seed=1234, output_logit_soft_cap=30.0)

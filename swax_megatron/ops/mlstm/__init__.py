@@ -5,10 +5,21 @@
 - mlstm_chunkwise: the training path; grad="stopgrad" (default, hand-written backward) or "exact".
 - mlstm_step: one token, for generation.
 - chunk_size_problem(kernel, chunk_size, seq_length): which chunk sizes each kernel accepts.
+
+The kernels load on first use (PEP 562): `chunk_size_problem` is plain Python, read by the recipe
+checks without importing torch.
 """
 
-from .chunk import mlstm_chunkwise
-from .chunk_rules import chunk_size_problem
-from .naive import mlstm_parallel, mlstm_recurrent, mlstm_step
+import importlib
 
-__all__ = ["chunk_size_problem", "mlstm_chunkwise", "mlstm_parallel", "mlstm_recurrent", "mlstm_step"]
+from .chunk_rules import chunk_size_problem
+
+_LAZY = {"mlstm_chunkwise": ".chunk", "mlstm_parallel": ".naive", "mlstm_recurrent": ".naive",
+         "mlstm_step": ".naive"}
+__all__ = ["chunk_size_problem", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
