@@ -223,10 +223,14 @@ def case_layer_pair():
     parallel_state.initialize_model_parallel(1, 1)
     cpu_compat.model_parallel_seed(1234)
     backend = resolve_attention_backend("auto")
+    from swax_megatron.config.schema import MLSTMConfig, SwaConfig
+
+    mlstm = MLSTMConfig(num_heads=mheads, kernel="triton" if DEV == "cuda" else "torch",
+                        chunk_size=128 if not SMOKE else 64)
     cfg = SwaxConfig(num_layers=2, hidden_size=hidden, num_attention_heads=heads, layer_pattern="XS",
-                     mlstm_num_heads=mheads, swa_window=2048, vocab_size=50304, max_sequence_length=seq,
-                     params_dtype=torch.bfloat16, bf16=True, swa_backend=backend,
-                     mlstm_kernel="triton" if DEV == "cuda" else "torch", mlstm_chunk_size=128 if not SMOKE else 64)
+                     mlstm=mlstm, swa=SwaConfig(window=2048), vocab_size=50304,
+                     max_sequence_length=seq, params_dtype=torch.bfloat16, bf16=True,
+                     attention_backend=backend)
     model = SwaxModel(cfg, get_swax_block_spec("te" if backend == "te" else "local"),
                       pre_process=False, post_process=False).to(DEV)
     x = torch.randn(seq, 1, hidden, device=DEV, dtype=torch.bfloat16, requires_grad=True)

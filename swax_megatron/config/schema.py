@@ -10,7 +10,7 @@ comments beside each field, so `swax recipe resolve` output can be read against 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Union
+from typing import List, Literal, Optional, Tuple, Union
 
 
 @dataclass
@@ -31,17 +31,28 @@ class SwaConfig:
     window: int = 2048  # the model's window outside training (validation, export, generation)
 
 
+# The X layers: the mLSTM layer of the xLSTM-7B block. The one home of these settings: the
+# megatron model (models.SwaxConfig.mlstm) and the plain-torch reference carry this object whole.
 @dataclass
 class MLSTMConfig:
     num_heads: int = 4
     qk_dim_factor: float = 0.5  # qk head dim = hidden * qk_dim_factor / num_heads
     v_dim_factor: float = 1.0  # v head dim = hidden * v_dim_factor / num_heads
-    chunk_size: int = 64
-    gate_soft_cap: float = 15.0
+    chunk_size: int = 64  # the op that runs decides which sizes it takes (ops/mlstm/chunk_rules.py)
+    gate_soft_cap: float = 15.0  # gate pre-activations pass through cap * tanh(x / cap)
     igate_bias_init: float = -10.0
     fgate_bias_init: List[float] = field(default_factory=lambda: [3.0, 6.0])  # linspace over heads
-    norm_epsilon: float = 1e-6
+    norm_epsilon: float = 1e-6  # the per-head LayerNorm of the cell output
+    cell_epsilon: float = 1e-6  # h = C^T q / (max(|n^T q|, exp(-m)) + cell_epsilon)
     kernel: Literal["auto", "triton", "torch"] = "auto"  # auto: triton on CUDA, torch on CPU
+    # The cell's backward: "stopgrad" treats normaliser and stabiliser as constants (the fused
+    # kernels' convention); "exact" is full autograd (checks, ablations).
+    grad: Literal["stopgrad", "exact"] = "stopgrad"
+
+    def head_dims(self, hidden_size: int) -> Tuple[int, int]:
+        """Channels per head: (q and k, v)."""
+        return (int(hidden_size * self.qk_dim_factor) // self.num_heads,
+                int(hidden_size * self.v_dim_factor) // self.num_heads)
 
 
 def default_ffn_hidden_size(hidden_size: int) -> int:
@@ -70,8 +81,12 @@ class ModelConfig:
     output_logit_soft_cap: Optional[float] = 30.0  # None disables the soft-cap
     init_method_std: float = 0.02
     attention_backend: Literal["auto", "te", "flex", "torch"] = "auto"
-    fp8: Optional[Literal["hybrid", "e4m3"]] = None  # Transformer Engine FP8 (GPU with TE only)
+    # Transformer Engine FP8 (GPU with TE only): the TE linear layers of attention, MLP and the
+    # mLSTM's q/k/v/o and output projections compute in FP8. The mLSTM gate projection, the
+    # embedding, the output layer, norms and the mLSTM cell stay in bf16/fp32.
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None
     fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"  # TE scaling
+    fp8_attention: bool = False  # also the S/G attention core (TE fused attention) in FP8
 
 
 @dataclass

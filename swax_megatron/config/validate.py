@@ -165,6 +165,44 @@ def _check_names(c: _Checker, r: Recipe) -> None:
                   f"{shorten(arg, 40)!r} is not an sbatch option (--name=value)")
 
 
+# Transformer Engine's FP8 GEMMs need every matrix dimension divisible by 16 (TE checks 8 on the
+# leading and 16 on the last dimension of each operand, and each dimension is the last one in
+# some GEMM of forward or backward), 32 under MXFP8 (its scaling blocks).
+FP8_MULTIPLE = {"delayed": 16, "tensorwise": 16, "blockwise": 16, "mxfp8": 32}
+
+
+def fp8_gemm_dims(r: Recipe, layers: str) -> List[Tuple[str, str, int]]:
+    """(key to blame, what, size) of every dimension a TE FP8 GEMM sees on one TP rank. The
+    mLSTM gate projection (2 rows per head) is left out: it never runs in FP8 (models/specs.py)."""
+    m, p, t = r.model, r.parallel, r.train
+    tp = p.tensor_model_parallel_size
+    dims = [("model.hidden_size", "hidden size", m.hidden_size),
+            ("model.ffn_hidden_size", "MLP width per TP rank", m.ffn_hidden_size // tp)]
+    if any(s in layers for s in "SG"):
+        heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+        d = m.hidden_size // heads
+        dims += [("model.num_attention_heads", "attention q/k/v projection per TP rank",
+                  (heads + 2 * groups) * d // tp),
+                 ("model.num_attention_heads", "attention heads' width per TP rank", heads * d // tp)]
+    if "X" in layers:
+        dqk, dv = m.mlstm.head_dims(m.hidden_size)
+        local = m.mlstm.num_heads // tp
+        dims += [("model.mlstm.num_heads", "mLSTM q/k/v/o projection per TP rank",
+                  local * (2 * dqk + 2 * dv)),
+                 ("model.mlstm.num_heads", "mLSTM heads' value width per TP rank", local * dv)]
+    tokens = t.micro_batch_size * t.seq_length // (tp if p.sequence_parallel else 1)
+    dims.append(("train.micro_batch_size", "tokens per micro-batch per TP rank", tokens))
+    return dims
+
+
+def _check_fp8_shapes(c: "_Checker", r: Recipe, layers: str) -> None:
+    multiple = FP8_MULTIPLE[r.model.fp8_recipe]
+    for key, what, size in fp8_gemm_dims(r, layers):
+        c.require(size % multiple == 0, key,
+                  f"FP8 ({r.model.fp8_recipe} scaling) needs GEMM dimensions divisible by "
+                  f"{multiple}: the {what} is {size}")
+
+
 def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     c = _Checker(origins or {})
     r, m, p, t = recipe, recipe.model, recipe.parallel, recipe.train
@@ -228,6 +266,14 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
     c.require(m.fp8 is None or m.attention_backend in ("auto", "te"), "model.fp8",
               f"FP8 runs through Transformer Engine: attention_backend must be auto or te "
               f"(it is {m.attention_backend})")
+    c.require(not m.fp8_attention or m.fp8 is not None, "model.fp8_attention",
+              "FP8 attention needs model.fp8 (hybrid or e4m3)")
+    # megatron hands fp8_dpa to these two TE recipes only (fp8_utils.get_fp8_recipe).
+    c.require(not m.fp8_attention or m.fp8_recipe in ("delayed", "tensorwise"),
+              "model.fp8_attention", f"FP8 attention needs fp8_recipe delayed or tensorwise "
+              f"(it is {m.fp8_recipe})")
+    if m.fp8 is not None:
+        _check_fp8_shapes(c, r, layers)
 
     # Windows.
     ws = t.window_schedule

@@ -5,8 +5,8 @@
     model.set_swa_window(w)                                # per step, same w on every rank
     loss = model(tokens, labels=labels)                    # [b, s] per-token loss (last stage)
 
-Names are imported lazily, so `swax_megatron.models.reference` and `.sizes` (plain torch) load
-without importing megatron.
+Names are imported lazily, so `swax_megatron.models.reference` (plain torch) loads without
+importing megatron.
 """
 
 import importlib
@@ -15,7 +15,7 @@ _EXPORTS = {
     "SwaxCoreAttention": "attention", "SlidingWindowCoreAttention": "attention",
     "GlobalCoreAttention": "attention",
     "SwaxBlock": "block", "SwaxBlockSubmodules": "block",
-    "SwaxConfig": "config", "SwaxConfigError": "config", "default_ffn_hidden_size": "config",
+    "SwaxConfig": "config", "SwaxConfigError": "config",
     "padded_vocab_size": "config", "swax_config_from_recipe": "config",
     "SwaxLayer": "layer", "SwaxLayerSubmodules": "layer",
     "HeadwiseLayerNorm": "mlstm_layer", "MLSTMMixer": "mlstm_layer",
@@ -24,7 +24,6 @@ _EXPORTS = {
     "get_swax_block_spec": "specs", "get_swax_layer_spec": "specs",
     "SwaxReference": "reference", "ReferenceConfig": "reference",
     "reference_state_dict_from_megatron": "reference", "parameter_breakdown": "reference",
-    "paper_model_config": "sizes",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -84,11 +84,11 @@ class WindowedAttention:
     window: Optional[int] = None
 
     def init_window(self, config: SwaxConfig) -> None:
-        self._default_window = config.swa_window if self.sliding else None
+        self._default_window = config.swa.window if self.sliding else None
         self.window = self._default_window
 
     def set_window(self, window: Optional[int]) -> None:
-        """Window for the following calls; None restores the default (config.swa_window on S
+        """Window for the following calls; None restores the default (config.swa.window on S
         layers). G layers keep full causal attention whatever the value."""
         window = check_window(window)
         if self.sliding:
@@ -122,9 +122,9 @@ class SwaxCoreAttention(WindowedAttention, MegatronModule):
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout:
             raise ValueError("SWAX core attention does not support attention dropout")
-        backend = resolve_attention_backend(config.swa_backend)
+        backend = resolve_attention_backend(config.attention_backend)
         if backend == "te":
-            if config.swa_backend == "te":
+            if config.attention_backend == "te":
                 raise ValueError("attention_backend 'te' runs through the TE layer spec "
                                  "(get_swax_block_spec('te')), not this local core attention")
             # auto on a TE machine with the local spec: the best non-TE kernel.
@@ -155,7 +155,7 @@ class SwaxCoreAttention(WindowedAttention, MegatronModule):
 
 
 class SlidingWindowCoreAttention(SwaxCoreAttention):
-    """S layers: the window is the step's (set_window), config.swa_window until one is set."""
+    """S layers: the window is the step's (set_window), config.swa.window until one is set."""
 
     sliding = True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from megatron.core.fp8_utils import get_fp8_context
@@ -58,7 +58,7 @@ class SwaxBlock(MegatronModule):
         self.layers = torch.nn.ModuleList()
         for i, symbol in enumerate(self.layer_symbols):
             number = self.layer_offset + i + 1
-            with _seeded(layer_init_seeds, number):
+            with seeded_init(layer_init_seeds, number):
                 self.layers.append(build_module(submodules.for_symbol(symbol), config=config,
                                                 layer_number=number, symbol=symbol,
                                                 pg_collection=pg_collection))
@@ -102,7 +102,7 @@ class SwaxBlock(MegatronModule):
 
 
 @contextlib.contextmanager
-def _seeded(seeds: Optional[Dict], key):
+def seeded_init(seeds: Optional[Dict], key):
     """Draw a component's init from its own RNG stream (see SwaxConfig.init_seed)."""
     if seeds is None:
         yield
@@ -121,6 +121,3 @@ def component_seeds(base_seed: int, num_layers: int) -> Dict:
     seeds["output_layer"] = mix(num_layers + 1)
     return seeds
 
-
-def layer_symbols_per_stage(config: SwaxConfig) -> List[str]:
-    return split_for_pipeline(config.layer_pattern, config.pipeline_model_parallel_size)

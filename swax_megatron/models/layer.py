@@ -38,7 +38,6 @@ class SwaxLayer(MegatronModule):
             pg_collection = ProcessGroupCollection.use_mpu_process_groups()
         self.layer_number = layer_number
         self.symbol = symbol
-        self.tp_group = pg_collection.tp
         eps = config.layernorm_epsilon
         self.input_layernorm = build_module(submodules.input_layernorm, config=config,
                                             hidden_size=config.hidden_size, eps=eps)

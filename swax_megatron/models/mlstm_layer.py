@@ -1,14 +1,18 @@
 """The X mixer: the mLSTM layer of the xLSTM-7B block, tensor-parallel over heads.
 
-    x -> linear_qkv -> per head [q (dqk), k (dqk), v (dv), o (dv), i (1), f (1)]
+    x -> linear_qkvo  -> per head [q (dqk), k (dqk), v (dv), o (dv)]
+    x -> linear_gates -> per head [i, f]
       -> gates: i + igate_bias, f + fgate_bias, soft-capped  cap * tanh(x / cap)
       -> mLSTM cell (ops.mlstm, chunkwise) -> per-head LayerNorm (out_norm) -> * sigmoid(o)
       -> linear_proj
 
-The in-projection is one column-parallel matrix whose rows are grouped per head, so the TP split
-of its rows is a split over heads and each rank holds whole heads (megatron's QKV idiom). Gate
-biases and the norm weight are per-head parameters owned here, sharded on the head axis.
-The cell math is `mlstm_cell` (takes and returns the (C, n, m) state) for prefill/generation.
+Both in-projections are column-parallel matrices whose rows are grouped per head, so the TP split
+of their rows is a split over heads and each rank holds whole heads (megatron's QKV idiom). The
+gates have a projection of their own: 2 rows per head, far from the multiples of 16 that FP8 GEMMs
+need, and the exponential input gate would amplify FP8 rounding; the specs fill that slot with
+a plain (never FP8) linear layer. Gate biases and the norm weight are per-head parameters owned
+here, sharded on the head axis. The cell math is `mlstm_cell` (takes and returns the (C, n, m)
+state) for prefill/generation.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _kernel(name: str, device: torch.device):
     except ImportError as e:
         if name == "auto":
             return mlstm_chunkwise
-        raise ImportError(f"mlstm_kernel='triton' needs triton ({e}); install the 'triton' extra "
+        raise ImportError(f"model.mlstm.kernel 'triton' needs triton ({e}); install the 'triton' extra "
                           f"or set model.mlstm.kernel: torch") from None
     return mlstm_chunkwise_triton
 
@@ -95,7 +99,8 @@ class HeadwiseLayerNorm(torch.nn.Module):
 
 @dataclass
 class MLSTMMixerSubmodules:
-    linear_qkv: Union[ModuleSpec, type] = IdentityOp  # column parallel, rows grouped per head
+    linear_qkvo: Union[ModuleSpec, type] = IdentityOp  # column parallel, [q k v o] per head
+    linear_gates: Union[ModuleSpec, type] = IdentityOp  # column parallel, [i f] per head; no FP8
     out_norm: Union[ModuleSpec, type] = HeadwiseLayerNorm
     linear_proj: Union[ModuleSpec, type] = IdentityOp  # row parallel
 
@@ -112,21 +117,25 @@ class MLSTMMixer(MegatronModule):
         self.tp_group = pg_collection.tp
         self.layer_number = layer_number
         tp, rank = self.tp_group.size(), self.tp_group.rank()
-        self.num_heads = config.mlstm_num_heads
+        self.num_heads = config.mlstm.num_heads
         self.heads_local = self.num_heads // tp
-        self.dqk, self.dv = config.mlstm_qk_head_dim, config.mlstm_v_head_dim
-        self.split = [self.dqk, self.dqk, self.dv, self.dv, 1, 1]  # q, k, v, o, i, f per head
-        self.per_head = sum(self.split)
+        self.dqk, self.dv = config.mlstm_head_dims
+        self.split = [self.dqk, self.dqk, self.dv, self.dv]  # q, k, v, o per head
 
-        self.linear_qkv = build_module(
-            submodules.linear_qkv, config.hidden_size, self.num_heads * self.per_head,
-            config=config, init_method=config.init_method, gather_output=False, bias=False,
-            skip_bias_add=False, is_expert=False, tp_comm_buffer_name="qkv", tp_group=self.tp_group)
+        def column(spec, rows_per_head, name):
+            return build_module(
+                spec, config.hidden_size, self.num_heads * rows_per_head, config=config,
+                init_method=config.init_method, gather_output=False, bias=False,
+                skip_bias_add=False, is_expert=False, tp_comm_buffer_name=name,
+                tp_group=self.tp_group)
+
+        self.linear_qkvo = column(submodules.linear_qkvo, sum(self.split), "qkv")
+        self.linear_gates = column(submodules.linear_gates, 2, "gates")
 
         # Full per-head tensors, then this rank's heads: the same values at every TP size.
         sl = slice(rank * self.heads_local, (rank + 1) * self.heads_local)
-        igate = torch.full((self.num_heads,), float(config.mlstm_igate_bias_init))
-        lo, hi = config.mlstm_fgate_bias_init
+        igate = torch.full((self.num_heads,), float(config.mlstm.igate_bias_init))
+        lo, hi = config.mlstm.fgate_bias_init
         fgate = torch.linspace(float(lo), float(hi), self.num_heads)
         self.igate_bias = torch.nn.Parameter(igate[sl].clone().to(config.params_dtype))
         self.fgate_bias = torch.nn.Parameter(fgate[sl].clone().to(config.params_dtype))
@@ -134,7 +143,7 @@ class MLSTMMixer(MegatronModule):
         _set_head_sharded(self.fgate_bias)
 
         self.out_norm = build_module(submodules.out_norm, config, self.heads_local, self.dv,
-                                     eps=config.mlstm_norm_epsilon)
+                                     eps=config.mlstm.norm_epsilon)
         self.linear_proj = build_module(
             submodules.linear_proj, self.num_heads * self.dv, config.hidden_size, config=config,
             init_method=config.output_layer_init_method, bias=config.add_bias_linear,
@@ -145,18 +154,19 @@ class MLSTMMixer(MegatronModule):
                 initial_state: Optional[State] = None, return_state: bool = False, **kwargs):
         """hidden_states [s, b, hidden] -> (out [s, b, hidden], bias) [, final (C, n, m)].
         attention_mask / rotary_pos_emb are accepted for a uniform mixer signature and unused."""
-        mixed, _ = self.linear_qkv(hidden_states)
-        s, b = mixed.shape[0], mixed.shape[1]
-        mixed = mixed.view(s, b, self.heads_local, self.per_head)
-        q, k, v, o, i, f = torch.split(mixed, self.split, dim=-1)
+        qkvo, _ = self.linear_qkvo(hidden_states)
+        gates, _ = self.linear_gates(hidden_states)
+        s, b = qkvo.shape[0], qkvo.shape[1]
+        q, k, v, o = torch.split(qkvo.view(s, b, self.heads_local, -1), self.split, dim=-1)
+        i, f = gates.view(s, b, self.heads_local, 2).unbind(-1)
         # [s, b, h, d] -> [b, h, s, d];  gates [s, b, h] -> [b, h, s]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-        i = (i.squeeze(-1) + self.igate_bias).permute(1, 2, 0)
-        f = (f.squeeze(-1) + self.fgate_bias).permute(1, 2, 0)
-        cfg = self.config
-        h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=cfg.mlstm_gate_soft_cap,
-                              chunk_size=cfg.mlstm_chunk_size, initial_state=initial_state,
-                              eps=cfg.mlstm_cell_epsilon, kernel=cfg.mlstm_kernel, grad=cfg.mlstm_grad)
+        i = (i + self.igate_bias).permute(1, 2, 0)
+        f = (f + self.fgate_bias).permute(1, 2, 0)
+        x = self.config.mlstm
+        h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=x.gate_soft_cap,
+                              chunk_size=x.chunk_size, initial_state=initial_state,
+                              eps=x.cell_epsilon, kernel=x.kernel, grad=x.grad)
         h = self.out_norm(h.permute(2, 0, 1, 3))  # [s, b, h, dv]
         h = h * torch.sigmoid(o)
         out, bias = self.linear_proj(h.reshape(s, b, self.heads_local * self.dv))

@@ -21,7 +21,7 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from .attention import WindowedAttention, check_window, resolve_attention_backend
-from .block import _seeded, component_seeds
+from .block import component_seeds, seeded_init
 from .config import SwaxConfig, SwaxConfigError, swax_config_from_recipe
 from .mlstm_layer import soft_cap
 from .specs import get_swax_block_spec
@@ -55,7 +55,7 @@ class SwaxModel(LanguageModule):
         seeds = component_seeds(base_seed, config.num_layers)
 
         if pre_process:
-            with _seeded(seeds, "embedding"):
+            with seeded_init(seeds, "embedding"):
                 self.embedding = LanguageModelEmbedding(
                     config=config, vocab_size=self.vocab_size,
                     max_sequence_length=self.max_sequence_length, position_embedding_type="none",
@@ -69,7 +69,7 @@ class SwaxModel(LanguageModule):
                                     pre_process=pre_process, post_process=post_process,
                                     pg_collection=self.pg_collection, layer_init_seeds=seeds)
         if post_process:
-            with _seeded(seeds, "output_layer"):
+            with seeded_init(seeds, "output_layer"):
                 self.output_layer = tensor_parallel.ColumnParallelLinear(
                     config.hidden_size, self.vocab_size, config=config,
                     init_method=config.init_method, bias=False, skip_bias_add=False,
@@ -82,22 +82,22 @@ class SwaxModel(LanguageModule):
     # --- per-step window ------------------------------------------------------------------------
     def set_swa_window(self, window: Optional[int]) -> None:
         """Use `window` (tokens, query included) in every S layer of this stage from now on;
-        None restores config.swa_window. G layers keep full attention. Every rank and stage must
+        None restores config.swa.window. G layers keep full attention. Every rank and stage must
         call it with the same value (the window schedule is a function of (seed, step))."""
         window = check_window(window)
         # Selected by the shared interface, not by a kernel's class: selecting SwaxCoreAttention
-        # once left TE's core attention at config.swa_window for the whole run.
+        # once left TE's core attention at config.swa.window for the whole run.
         for module in self.modules():
             if isinstance(module, WindowedAttention):
                 module.set_window(window)
 
     @property
     def swa_window(self) -> int:
-        """The window S layers use now (config.swa_window until set_swa_window is called)."""
+        """The window S layers use now (config.swa.window until set_swa_window is called)."""
         for module in self.modules():
             if isinstance(module, WindowedAttention) and module.sliding:
                 return module.window
-        return self.config.swa_window
+        return self.config.swa.window
 
     # --- pipeline ---------------------------------------------------------------------------------
     def set_input_tensor(self, input_tensor) -> None:
@@ -158,7 +158,7 @@ def swax_model_from_recipe(recipe, vocab_size: Optional[int] = None, *, backend:
     if backend == "auto":
         # The TE spec where TE's kernels will run; otherwise the local one (whose attention then
         # uses FlexAttention on CUDA or ops.swa on CPU, per model.attention_backend).
-        backend = "te" if resolve_attention_backend(config.swa_backend) == "te" else "local"
+        backend = "te" if resolve_attention_backend(config.attention_backend) == "te" else "local"
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:

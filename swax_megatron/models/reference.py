@@ -8,7 +8,8 @@ names are the megatron model's state-dict keys at TP=1 / PP=1, so
 
 gives the same logits. Layouts that megatron fuses are kept fused, as megatron has them:
   - attention `linear_qkv` rows are grouped per kv head: [q heads of group g, k_g, v_g] per group;
-  - mLSTM `linear_qkv` rows are grouped per head: [q (dqk), k (dqk), v (dv), o (dv), i, f];
+  - mLSTM `linear_qkvo` rows are grouped per head: [q (dqk), k (dqk), v (dv), o (dv)], and
+    `linear_gates` rows: [i, f] per head;
   - MLP `linear_fc1` rows are [gate; up] (SwiGLU: silu(gate) * up).
 The mLSTM here is the stabilised parallel (quadratic) form, written out: independent of the
 chunkwise kernels the megatron model runs.
@@ -17,12 +18,15 @@ chunkwise kernels the megatron model runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config.pattern import expand
+from ..config.schema import MLSTMConfig, SwaConfig
 
 
 @dataclass
@@ -34,19 +38,12 @@ class ReferenceConfig:
     num_query_groups: int
     kv_channels: int
     ffn_hidden_size: int
-    mlstm_num_heads: int
-    mlstm_qk_head_dim: int
-    mlstm_v_head_dim: int
+    swa: SwaConfig = field(default_factory=SwaConfig)  # the recipe's own settings, carried whole
+    mlstm: MLSTMConfig = field(default_factory=MLSTMConfig)
     normalization: str = "RMSNorm"
     norm_epsilon: float = 1e-6
     rope_base: float = 10000.0
     add_qkv_bias: bool = False
-    swa_window: int = 2048
-    mlstm_gate_soft_cap: Optional[float] = 15.0
-    mlstm_igate_bias_init: float = -10.0
-    mlstm_fgate_bias_init: Tuple[float, float] = (3.0, 6.0)
-    mlstm_norm_epsilon: float = 1e-6
-    mlstm_cell_epsilon: float = 1e-6
     tie_embeddings: bool = False
     output_logit_soft_cap: Optional[float] = 30.0
 
@@ -60,38 +57,26 @@ class ReferenceConfig:
         return cls(
             vocab_size=c.vocab_size, hidden_size=c.hidden_size, layer_symbols=c.layer_symbols,
             num_attention_heads=c.num_attention_heads, num_query_groups=c.num_query_groups,
-            kv_channels=c.kv_channels, ffn_hidden_size=c.ffn_hidden_size,
-            mlstm_num_heads=c.mlstm_num_heads, mlstm_qk_head_dim=c.mlstm_qk_head_dim,
-            mlstm_v_head_dim=c.mlstm_v_head_dim, normalization=c.normalization,
-            norm_epsilon=c.layernorm_epsilon, rope_base=c.rotary_base, add_qkv_bias=c.add_qkv_bias,
-            swa_window=c.swa_window, mlstm_gate_soft_cap=c.mlstm_gate_soft_cap,
-            mlstm_igate_bias_init=c.mlstm_igate_bias_init,
-            mlstm_fgate_bias_init=tuple(c.mlstm_fgate_bias_init),
-            mlstm_norm_epsilon=c.mlstm_norm_epsilon, mlstm_cell_epsilon=c.mlstm_cell_epsilon,
+            kv_channels=c.kv_channels, ffn_hidden_size=c.ffn_hidden_size, swa=c.swa,
+            mlstm=c.mlstm, normalization=c.normalization, norm_epsilon=c.layernorm_epsilon,
+            rope_base=c.rotary_base, add_qkv_bias=c.add_qkv_bias,
             tie_embeddings=c.share_embeddings_and_output_weights,
             output_logit_soft_cap=c.output_logit_soft_cap)
 
     @classmethod
     def from_model_config(cls, m, vocab_size: Optional[int] = None) -> "ReferenceConfig":
-        """From the recipe's ModelConfig (swax_megatron.config.schema); vocab padded to 128."""
-        from swax_megatron.config.pattern import expand
-
+        """From a resolved recipe's ModelConfig (config.resolve fills ffn and kv heads); the
+        vocabulary padded to 128 as the megatron model pads it."""
         vocab = m.vocab_size if m.vocab_size is not None else vocab_size
         if vocab is None:
             raise ValueError("vocab size unknown: set model.vocab_size or pass vocab_size=")
-        hidden, heads, mh = m.hidden_size, m.num_attention_heads, m.mlstm.num_heads
-        ffn = m.ffn_hidden_size or -(-int(round(2.667 * hidden)) // 64) * 64
         return cls(
-            vocab_size=-(-vocab // 128) * 128, hidden_size=hidden, layer_symbols=expand(m.layer_pattern),
-            num_attention_heads=heads, num_query_groups=m.num_query_groups or heads,
-            kv_channels=hidden // heads, ffn_hidden_size=ffn, mlstm_num_heads=mh,
-            mlstm_qk_head_dim=int(hidden * m.mlstm.qk_dim_factor) // mh,
-            mlstm_v_head_dim=int(hidden * m.mlstm.v_dim_factor) // mh,
+            vocab_size=-(-vocab // 128) * 128, hidden_size=m.hidden_size,
+            layer_symbols=expand(m.layer_pattern), num_attention_heads=m.num_attention_heads,
+            num_query_groups=m.num_query_groups, kv_channels=m.hidden_size // m.num_attention_heads,
+            ffn_hidden_size=m.ffn_hidden_size, swa=m.swa, mlstm=m.mlstm,
             normalization=m.normalization, norm_epsilon=m.norm_epsilon, rope_base=m.rope_base,
-            add_qkv_bias=m.add_qkv_bias, swa_window=m.swa.window,
-            mlstm_gate_soft_cap=m.mlstm.gate_soft_cap, mlstm_igate_bias_init=m.mlstm.igate_bias_init,
-            mlstm_fgate_bias_init=tuple(m.mlstm.fgate_bias_init),
-            mlstm_norm_epsilon=m.mlstm.norm_epsilon, tie_embeddings=m.tie_embeddings,
+            add_qkv_bias=m.add_qkv_bias, tie_embeddings=m.tie_embeddings,
             output_logit_soft_cap=m.output_logit_soft_cap)
 
 
@@ -147,7 +132,8 @@ class Attention(nn.Module):
 
 
 def mlstm_parallel(q, k, v, i, f, eps: float = 1e-6) -> torch.Tensor:
-    """Stabilised parallel mLSTM (research/mlstm.md 1.3). q, k [B,H,S,Dqk]; v [B,H,S,Dv];
+    """Stabilised parallel mLSTM (xLSTM paper, appendix: the parallel form with the max
+    stabiliser). q, k [B,H,S,Dqk]; v [B,H,S,Dv];
     i, f gate pre-activations [B,H,S]. Exponential input gate, sigmoid forget gate."""
     S = q.shape[2]
     logf = F.logsigmoid(f)
@@ -183,24 +169,26 @@ class MLSTM(nn.Module):
     def __init__(self, cfg: ReferenceConfig):
         super().__init__()
         self.cfg = cfg
-        NH, dqk, dv = cfg.mlstm_num_heads, cfg.mlstm_qk_head_dim, cfg.mlstm_v_head_dim
-        self.split = [dqk, dqk, dv, dv, 1, 1]  # per head: q, k, v, o, i, f
-        self.linear_qkv = nn.Linear(cfg.hidden_size, NH * sum(self.split), bias=False)
-        self.igate_bias = nn.Parameter(torch.full((NH,), float(cfg.mlstm_igate_bias_init)))
-        self.fgate_bias = nn.Parameter(torch.linspace(*map(float, cfg.mlstm_fgate_bias_init), NH))
-        self.out_norm = HeadwiseLayerNorm(NH, dv, cfg.mlstm_norm_epsilon)
+        NH, (dqk, dv) = cfg.mlstm.num_heads, cfg.mlstm.head_dims(cfg.hidden_size)
+        self.split = [dqk, dqk, dv, dv]  # per head: q, k, v, o
+        self.linear_qkvo = nn.Linear(cfg.hidden_size, NH * sum(self.split), bias=False)
+        self.linear_gates = nn.Linear(cfg.hidden_size, NH * 2, bias=False)  # per head: i, f
+        self.igate_bias = nn.Parameter(torch.full((NH,), float(cfg.mlstm.igate_bias_init)))
+        self.fgate_bias = nn.Parameter(torch.linspace(*map(float, cfg.mlstm.fgate_bias_init), NH))
+        self.out_norm = HeadwiseLayerNorm(NH, dv, cfg.mlstm.norm_epsilon)
         self.linear_proj = nn.Linear(NH * dv, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
-        NH, cap = self.cfg.mlstm_num_heads, self.cfg.mlstm_gate_soft_cap
-        parts = self.linear_qkv(x).view(B, S, NH, -1).split(self.split, dim=-1)
-        q, k, v, o, i, f = parts
-        i = soft_cap(i.squeeze(-1) + self.igate_bias, cap).transpose(1, 2)  # [B, NH, S]
-        f = soft_cap(f.squeeze(-1) + self.fgate_bias, cap).transpose(1, 2)
-        cd = torch.promote_types(x.dtype, torch.float32)  # the cell runs in fp32 at least
-        h = mlstm_parallel(*(t.transpose(1, 2).to(cd) for t in (q, k, v)), i.to(cd), f.to(cd),
-                           eps=self.cfg.mlstm_cell_epsilon).to(x.dtype)
+        NH, cap = self.cfg.mlstm.num_heads, self.cfg.mlstm.gate_soft_cap
+        q, k, v, o = self.linear_qkvo(x).view(B, S, NH, -1).split(self.split, dim=-1)
+        i, f = self.linear_gates(x).view(B, S, NH, 2).unbind(-1)
+        i = soft_cap(i + self.igate_bias, cap).transpose(1, 2)  # [B, NH, S]
+        f = soft_cap(f + self.fgate_bias, cap).transpose(1, 2)
+        cell_dtype = torch.promote_types(x.dtype, torch.float32)  # the cell runs in fp32 at least
+        h = mlstm_parallel(*(t.transpose(1, 2).to(cell_dtype) for t in (q, k, v)),
+                           i.to(cell_dtype), f.to(cell_dtype),
+                           eps=self.cfg.mlstm.cell_epsilon).to(x.dtype)
         h = self.out_norm(h.transpose(1, 2)) * torch.sigmoid(o)  # [B, S, NH, dv]
         return self.linear_proj(h.reshape(B, S, -1))
 
@@ -262,8 +250,8 @@ class SwaxReference(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 window: Optional[int] = None) -> torch.Tensor:
         """input_ids [B, S] -> logits [B, S, V], or the per-token loss [B, S] with labels.
-        window: the S layers' window for this call (None: cfg.swa_window)."""
-        window = self.cfg.swa_window if window is None else window
+        window: the S layers' window for this call (None: cfg.swa.window)."""
+        window = self.cfg.swa.window if window is None else window
         x = self.embedding.word_embeddings(input_ids)
         for layer in self.decoder.layers:
             x = layer(x, window)

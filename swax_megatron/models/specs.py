@@ -1,7 +1,9 @@
 """Layer specs: which classes fill each submodule, for the local (pure megatron-core + torch) and
-the Transformer Engine backends. The two differ only in which classes fill the slots: torch norms,
-megatron's parallel linears and SWAX's windowed core attention (ops.swa / FlexAttention) locally;
-TE norms, TE linears and TE's fused attention with a per-call window (te_attention.py) with TE.
+the Transformer Engine backends. The two differ only in which classes fill the slots, chosen by
+megatron's own BackendSpecProvider (models/backends.py: LocalSpecProvider, TESpecProvider),
+extended with the slots a SWAX layer adds: the sliding and global core attention (ops.swa /
+FlexAttention locally, TE's fused attention with a per-call window with TE) and the mLSTM gate
+projection (a plain linear on both: never FP8).
 
     spec = get_swax_block_spec("local")          # ModuleSpec(SwaxBlock, ...)
     layer = get_swax_layer_spec("X", "local")    # ModuleSpec(SwaxLayer, ...)
@@ -12,7 +14,9 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
+from megatron.core.models.backends import LocalSpecProvider
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -32,59 +36,86 @@ class LocalNorm:
     """megatron's WrappedTorchNorm (torch RMSNorm / LayerNorm per config.normalization), usable
     under sequence parallelism too, which WrappedTorchNorm refuses: the norm then sees this
     rank's sequence shard, so its weight gradient is partial per TP rank; the `sequence_parallel`
-    attribute makes finalize_model_grads sum it over TP, as for megatron's TE norms."""
+    attribute makes finalize_model_grads sum it over TP, as for megatron's TE norms.
+
+    A factory class, like WrappedTorchNorm itself: build_module instantiates the class a spec
+    names, so `__new__` returns the torch norm module (not a LocalNorm)."""
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **unused):
-        if config.sequence_parallel:
+        sequence_parallel = config.sequence_parallel
+        if sequence_parallel:
             config = copy.copy(config)
             config.sequence_parallel = False
-            sequence_parallel = True
-        else:
-            sequence_parallel = False
         norm = WrappedTorchNorm(config=config, hidden_size=hidden_size, eps=eps)
         for p in norm.parameters():
             setattr(p, "sequence_parallel", sequence_parallel)
         return norm
 
 
-class _Classes:
-    def __init__(self, backend: str):
-        if backend == "local":
-            self.norm, self.column, self.row = LocalNorm, ColumnParallelLinear, RowParallelLinear
-            self.sliding_core, self.global_core = SlidingWindowCoreAttention, GlobalCoreAttention
-        elif backend == "te":
-            try:
-                import transformer_engine  # noqa: F401
-                from megatron.core.extensions.transformer_engine import (
-                    TEColumnParallelLinear,
-                    TENorm,
-                    TERowParallelLinear,
-                )
-            except ImportError as e:
-                raise ImportError(
-                    f"get_swax_layer_spec(backend='te') needs the transformer_engine package "
-                    f"(pip install transformer-engine[pytorch]), which does not import here ({e}); "
-                    f"use backend='local'") from None
-            from .te_attention import TEGlobalCoreAttention, TESlidingWindowCoreAttention
+class SwaxLocalSpecProvider(LocalSpecProvider):
+    """megatron's local (no TE) classes, plus the slots a SWAX layer adds."""
 
-            self.norm, self.column, self.row = TENorm, TEColumnParallelLinear, TERowParallelLinear
-            self.sliding_core, self.global_core = TESlidingWindowCoreAttention, TEGlobalCoreAttention
-        else:
-            raise ValueError(f"unknown SWAX spec backend {backend!r}; choose one of {BACKENDS}")
+    def layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
+        return LocalNorm  # torch RMSNorm / LayerNorm per config.normalization, SP-capable
+
+    def sliding_core_attention(self) -> type:
+        return SlidingWindowCoreAttention
+
+    def global_core_attention(self) -> type:
+        return GlobalCoreAttention
+
+    def gate_linear(self) -> type:
+        return ColumnParallelLinear
 
 
-def _attention_spec(c: _Classes, core_attention_cls) -> ModuleSpec:
+class SwaxTESpecProvider(TESpecProvider):
+    """megatron's Transformer Engine classes, plus the SWAX slots: TE fused attention with the
+    per-step window, and a plain linear for the mLSTM gates (TE linears would run them in FP8)."""
+
+    def __init__(self):
+        try:
+            import transformer_engine  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"get_swax_layer_spec(backend='te') needs the transformer_engine package "
+                f"(pip install transformer-engine[pytorch]), which does not import here ({e}); "
+                f"use backend='local'") from None
+
+    def sliding_core_attention(self) -> type:
+        from .te_attention import TESlidingWindowCoreAttention
+
+        return TESlidingWindowCoreAttention
+
+    def global_core_attention(self) -> type:
+        from .te_attention import TEGlobalCoreAttention
+
+        return TEGlobalCoreAttention
+
+    def gate_linear(self) -> type:
+        return ColumnParallelLinear
+
+
+def spec_provider(backend: str):
+    if backend == "local":
+        return SwaxLocalSpecProvider()
+    if backend == "te":
+        return SwaxTESpecProvider()
+    raise ValueError(f"unknown SWAX spec backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _attention_spec(p, core_attention_cls) -> ModuleSpec:
     return ModuleSpec(
         module=SelfAttention,
         params={"attn_mask_type": AttnMaskType.causal},
-        submodules=SelfAttentionSubmodules(linear_qkv=c.column, core_attention=core_attention_cls,
-                                           linear_proj=c.row, q_layernorm=IdentityOp,
-                                           k_layernorm=IdentityOp))
+        submodules=SelfAttentionSubmodules(
+            linear_qkv=p.column_parallel_linear(), core_attention=core_attention_cls,
+            linear_proj=p.row_parallel_linear(), q_layernorm=IdentityOp, k_layernorm=IdentityOp))
 
 
-def _mlstm_spec(c: _Classes) -> ModuleSpec:
+def _mlstm_spec(p) -> ModuleSpec:
     return ModuleSpec(module=MLSTMMixer, submodules=MLSTMMixerSubmodules(
-        linear_qkv=c.column, out_norm=HeadwiseLayerNorm, linear_proj=c.row))
+        linear_qkvo=p.column_parallel_linear(), linear_gates=p.gate_linear(),
+        out_norm=HeadwiseLayerNorm, linear_proj=p.row_parallel_linear()))
 
 
 def get_swax_layer_spec(symbol: str, backend: str = "local",
@@ -97,29 +128,29 @@ def get_swax_layer_spec(symbol: str, backend: str = "local",
                                                and issubclass(core_attention_cls, WindowedAttention)):
         raise TypeError(f"core attention {core_attention_cls!r} must subclass "
                         f"swax_megatron.models.attention.WindowedAttention (the per-step window)")
-    c = _Classes(backend)
+    p = spec_provider(backend)
     if symbol == "S":
-        mixer = _attention_spec(c, core_attention_cls or c.sliding_core)
+        mixer = _attention_spec(p, core_attention_cls or p.sliding_core_attention())
     elif symbol == "G":
-        mixer = _attention_spec(c, core_attention_cls or c.global_core)
+        mixer = _attention_spec(p, core_attention_cls or p.global_core_attention())
     elif symbol == "X":
-        mixer = _mlstm_spec(c)
+        mixer = _mlstm_spec(p)
     else:
         raise ValueError(f"unknown layer symbol {symbol!r}; known: S (sliding-window attention), "
                          f"G (global attention), X (mLSTM)")
-    mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=c.column, linear_fc2=c.row))
+    mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=p.column_parallel_linear(),
+                                                          linear_fc2=p.row_parallel_linear()))
+    norm = p.layer_norm()
     return ModuleSpec(module=SwaxLayer, submodules=SwaxLayerSubmodules(
-        input_layernorm=c.norm, mixer=mixer, pre_mlp_layernorm=c.norm, mlp=mlp))
+        input_layernorm=norm, mixer=mixer, pre_mlp_layernorm=norm, mlp=mlp))
 
 
 def get_swax_block_spec(backend: str = "local", sliding_core_attention: Optional[type] = None,
                         global_core_attention: Optional[type] = None) -> ModuleSpec:
     """Spec of the decoder stack: one layer spec per symbol plus the final norm. The core
-    attention classes of S and G layers can be replaced (default: SlidingWindowCoreAttention,
-    GlobalCoreAttention)."""
-    norm = _Classes(backend).norm
+    attention classes of S and G layers can be replaced (default: the backend's)."""
     return ModuleSpec(module=SwaxBlock, submodules=SwaxBlockSubmodules(
         sliding_attention_layer=get_swax_layer_spec("S", backend, sliding_core_attention),
         global_attention_layer=get_swax_layer_spec("G", backend, global_core_attention),
         mlstm_layer=get_swax_layer_spec("X", backend),
-        final_norm=norm))
+        final_norm=spec_provider(backend).layer_norm()))

@@ -2,9 +2,10 @@
 
 megatron's TEDotProductAttention fixes the window when it is built (config.window_size) and its
 forward passes none; TE's own DotProductAttention.forward takes `window_size` per call. This class
-keeps megatron's constructor (so TE's fused/flash backends, FP8 through megatron's fp8 settings and
-the TP/CP groups are set up as usual) and calls TE's forward with the step's window: (w - 1, 0) in
-TE's (left, right) convention, (-1, 0) for full causal attention.
+keeps megatron's constructor (so TE's fused/flash backends, the TP/CP groups, and FP8 attention
+when model.fp8_attention sets megatron's fp8_dot_product_attention, are set up as usual) and calls
+TE's forward with the step's window: (w - 1, 0) in TE's (left, right) convention, (-1, 0) for
+full causal attention.
 """
 
 from __future__ import annotations

@@ -56,9 +56,9 @@ class ModelDims:
         return cls(hidden=config.hidden_size, ffn=config.ffn_hidden_size, vocab=config.vocab_size,
                    symbols=config.layer_symbols, heads=config.num_attention_heads,
                    groups=config.num_query_groups or config.num_attention_heads,
-                   head_dim=config.kv_channels, mlstm_heads=config.mlstm_num_heads,
-                   dqk=config.mlstm_qk_head_dim, dv=config.mlstm_v_head_dim,
-                   chunk=config.mlstm_chunk_size)
+                   head_dim=config.kv_channels, mlstm_heads=config.mlstm.num_heads,
+                   dqk=config.mlstm_head_dims[0], dv=config.mlstm_head_dims[1],
+                   chunk=config.mlstm.chunk_size)
 
 
 def mean_keys(seq: int, window: Optional[int]) -> float:

@@ -54,3 +54,15 @@ def test_paper_recipes_say_what_the_paper_says():
     windows = [e.recipe.train.window_schedule.long
                for e in resolve_sweep(os.path.join(ROOT, "recipes/paper/window_sweep_1p4b.yaml"))]
     assert windows == [128, 256, 512, 1024, 2048]
+
+
+def test_the_7b_fp8_recipe_meets_te_fp8_shape_rules():
+    # SWAX-7B at TP 4: 2 mLSTM heads per rank of q/k/v/o 2 x 256 + 2 x 512 rows = 3072 (the gate
+    # rows, 2 per head, have their own projection that never runs in FP8: models/specs.py).
+    from swax_megatron.config.pattern import expand
+    from swax_megatron.config.validate import FP8_MULTIPLE, fp8_gemm_dims
+
+    r = resolve(os.path.join(ROOT, "recipes", "paper", "swax_7b_stochastic_fp8.yaml")).recipe
+    dims = {what: size for _, what, size in fp8_gemm_dims(r, expand(r.model.layer_pattern))}
+    assert dims["mLSTM q/k/v/o projection per TP rank"] == 3072
+    assert all(size % FP8_MULTIPLE[r.model.fp8_recipe] == 0 for size in dims.values()), dims

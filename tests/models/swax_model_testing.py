@@ -14,21 +14,26 @@ PATTERNS = ["XS*2", "S*2", "X*2", "G*2", "SG"]
 
 
 def tiny_config(pattern, tp=1, pp=1, **overrides):
-    from swax_megatron.config.pattern import PatternError, expand
+    """A small SwaxConfig; `swa_window=` and `mlstm_<field>=` set fields of its SwaConfig and
+    MLSTMConfig (shorthand for the tests), anything else a SwaxConfig field."""
+    from swax_megatron.config.pattern import expand
+    from swax_megatron.config.schema import MLSTMConfig, SwaConfig
     from swax_megatron.models import SwaxConfig
 
-    try:
-        num_layers = len(expand(pattern))
-    except PatternError:
-        num_layers = 2  # a bad pattern: SwaxConfig itself must reject it
+    # igate bias 0 instead of -10: the mLSTM then contributes O(1) from the first step, so a
+    # wrong mLSTM shard or gradient cannot hide below the tolerances. Chunk 8 (several chunks at
+    # SEQ) is a torch-kernel size: triton takes powers of two >= 16.
+    mlstm = dict(num_heads=2, igate_bias_init=0.0, chunk_size=8, kernel="torch")
+    swa = dict(window=5)
+    for key in list(overrides):
+        if key.startswith("mlstm_"):
+            mlstm[key[len("mlstm_"):]] = overrides.pop(key)
+        elif key == "swa_window":
+            swa["window"] = overrides.pop(key)
     kw = dict(
-        num_layers=num_layers, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-        ffn_hidden_size=96, layer_pattern=pattern, swa_window=5, mlstm_num_heads=2,
-        # igate bias 0 instead of -10: the mLSTM then contributes O(1) from the first step, so a
-        # wrong mLSTM shard or gradient cannot hide below the tolerances.
-        # chunk 8 (several chunks at SEQ) is a torch-kernel size: triton takes powers of two >= 16.
-        mlstm_igate_bias_init=0.0, mlstm_chunk_size=8, mlstm_kernel="torch", vocab_size=VOCAB,
-        max_sequence_length=SEQ,
+        num_layers=len(expand(pattern)), hidden_size=64, num_attention_heads=4,
+        num_query_groups=2, ffn_hidden_size=96, layer_pattern=pattern, swa=SwaConfig(**swa),
+        mlstm=MLSTMConfig(**mlstm), vocab_size=VOCAB, max_sequence_length=SEQ,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
         batch_p2p_comm=False, init_seed=1234, output_logit_soft_cap=30.0)

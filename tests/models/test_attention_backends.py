@@ -60,7 +60,7 @@ def _flex_vs_torch_model(rank):
     tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(5))
     out = {}
     for backend in ("torch", "flex"):
-        model = build(tiny_config("XS*2", swa_backend=backend))
+        model = build(tiny_config("XS*2", attention_backend=backend))
         model.set_swa_window(3)
         with torch.no_grad():
             out[backend] = model(tokens)
@@ -76,7 +76,7 @@ def test_model_with_flex_backend_matches_torch_backend():
 def _build_te(rank):
     from swax_megatron.models import SwaxModel, get_swax_block_spec
 
-    model = SwaxModel(tiny_config("XS", swa_backend="te"), get_swax_block_spec("te"))
+    model = SwaxModel(tiny_config("XS", attention_backend="te"), get_swax_block_spec("te"))
     return sorted({type(m).__name__ for m in model.modules()})
 
 
@@ -87,7 +87,7 @@ def test_te_spec_builds_with_te_attention():
 
 
 def _te_on_local_spec(rank):
-    build(tiny_config("XS", swa_backend="te"))
+    build(tiny_config("XS", attention_backend="te"))
 
 
 def test_te_backend_without_te_fails_clearly():

@@ -21,7 +21,7 @@ from swax_megatron.ops.swa import sliding_window_attention
 from swax_model_testing import SEQ, VOCAB, build, tiny_config
 
 PATTERN = "XSG"  # an mLSTM, a sliding and a global layer: the window must reach S, not G
-DEFAULT = 5  # tiny_config's swa_window
+DEFAULT = 5  # tiny_config's swa.window
 WINDOWS = (3, 2, None)  # None restores DEFAULT
 
 
@@ -48,7 +48,7 @@ def _kernel_windows(model, backend):
 
 
 def _local_backend_run(rank, backend):
-    model = build(tiny_config(PATTERN, swa_backend=backend))
+    model = build(tiny_config(PATTERN, attention_backend=backend))
     seen = _kernel_windows(model, backend)
     out = {}
     for w in WINDOWS:
@@ -145,9 +145,9 @@ def _te_run(rank):
            "windowed": [issubclass(c, getattr(attention, "WindowedAttention", ())) for c in te_classes]}
     # The TE core attention in the local spec: TE's norms and linears cannot run on the stand-in,
     # and the window wiring is the core attention's and the model's alone.
-    model = SwaxModel(tiny_config(PATTERN, swa_backend="te"),
+    model = SwaxModel(tiny_config(PATTERN, attention_backend="te"),
                       get_swax_block_spec("local", TESlidingWindowCoreAttention, TEGlobalCoreAttention))
-    reference = build(tiny_config(PATTERN, swa_backend="torch"))
+    reference = build(tiny_config(PATTERN, attention_backend="torch"))
     numbers = {type(m).__name__: m.layer_number for m in model.modules()
                if isinstance(m, (TESlidingWindowCoreAttention, TEGlobalCoreAttention))}
     for w in WINDOWS:
