@@ -40,8 +40,8 @@ from .chunk_rules import chunk_size_problem
 _NEG = -1e30  # input-gate value of padded tail steps: exp(_NEG - m) == 0, and no -inf arithmetic
 
 
-def _forward(qs, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
-    """Chunked forward on [X, NC, L, *] tensors (X = B*H, qs already scaled). States C0 [X,Dqk,Dv],
+def _forward(q_scaled, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
+    """Chunked forward on [X, NC, L, *] tensors (X = B*H, q_scaled already scaled). States C0 [X,Dqk,Dv],
     n0 [X,Dqk], m0 [X].
 
     The gate path (i, logf, m0 and everything derived from them) is float64 whatever the compute
@@ -50,10 +50,10 @@ def _forward(qs, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
 
     Runs in place where it may (no autograd), out of place under autograd (grad="exact").
     Returns (h [X,NC,L,Dv], C [X,Dqk,Dv], n [X,Dqk], m [X] float64, saved dict or None)."""
-    X, NC, L, Dqk = qs.shape
+    X, NC, L, Dqk = q_scaled.shape
     Dv = v.shape[-1]
-    ip = not torch.is_grad_enabled()
-    cd = qs.dtype
+    in_place = not torch.is_grad_enabled()
+    work_dtype = q_scaled.dtype
     bmm_view = lambda t: t.reshape(X * NC, *t.shape[2:])  # noqa: E731  (views: inputs are contiguous)
 
     b = logf.cumsum(-1)  # [X,NC,L]
@@ -66,16 +66,16 @@ def _forward(qs, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
     for c in range(NC):
         m_list.append(torch.maximum(g[:, c] + m_list[-1], amax[:, c]))
     mb = torch.stack(m_list, dim=-1)  # [X,NC+1]
-    decay = torch.exp(g + mb[:, :-1] - mb[:, 1:]).to(cd)  # [X,NC], <= 1
-    E = torch.exp(a - mb[:, 1:, None]).to(cd)  # [X,NC,L], <= 1: weight of write j in the chunk's end state
+    decay = torch.exp(g + mb[:, :-1] - mb[:, 1:]).to(work_dtype)  # [X,NC], <= 1
+    E = torch.exp(a - mb[:, 1:, None]).to(work_dtype)  # [X,NC,L], <= 1: weight of write j in the chunk's end state
     kw = k * E[..., None]
     C_loc = torch.bmm(bmm_view(kw).transpose(-1, -2), bmm_view(v)).view(X, NC, Dqk, Dv)
     n_loc = kw.sum(2)  # [X,NC,Dqk]
 
     # State recurrence: one fused multiply-add per chunk (n alike, Dqk-sized).
-    if ip:
-        Cprev = torch.empty(X, NC, Dqk, Dv, dtype=cd, device=qs.device)
-        nprev = torch.empty(X, NC, Dqk, dtype=cd, device=qs.device)
+    if in_place:
+        Cprev = torch.empty(X, NC, Dqk, Dv, dtype=work_dtype, device=q_scaled.device)
+        nprev = torch.empty(X, NC, Dqk, dtype=work_dtype, device=q_scaled.device)
         Cprev[:, 0], nprev[:, 0] = C0, n0
         Cv, Cl, nv, nl = Cprev.unbind(1), C_loc.unbind(1), nprev.unbind(1), n_loc.unbind(1)
         dC, dn = decay[..., None, None].unbind(1), decay[..., None].unbind(1)
@@ -96,39 +96,39 @@ def _forward(qs, k, v, i, logf, C0, n0, m0, eps, keep_for_backward):
     w = i - b
     m_inter = b + mb[:, :-1, None]
     m_t = torch.maximum(m_inter, b + w.cummax(-1).values)
-    inter = torch.exp(m_inter - m_t).to(cd)  # [X,NC,L], weight of the carried state in row t
-    D = ((b - m_t)[..., :, None] + w[..., None, :]).to(cd)
-    QK = torch.bmm(bmm_view(qs), bmm_view(k).transpose(-1, -2))
-    if ip:
+    inter = torch.exp(m_inter - m_t).to(work_dtype)  # [X,NC,L], weight of the carried state in row t
+    D = ((b - m_t)[..., :, None] + w[..., None, :]).to(work_dtype)
+    QK = torch.bmm(bmm_view(q_scaled), bmm_view(k).transpose(-1, -2))
+    if in_place:
         D = D.exp_().tril_()  # entries above the diagonal may overflow to inf before tril_ zeroes them
         Smat = QK.mul_(bmm_view(D))
     else:
-        causal = torch.ones(L, L, dtype=torch.bool, device=qs.device).tril()
+        causal = torch.ones(L, L, dtype=torch.bool, device=q_scaled.device).tril()
         D = D.masked_fill(~causal, float("-inf")).exp()
         Smat = QK * bmm_view(D)
-    qsi = qs * inter[..., None]
+    qsi = q_scaled * inter[..., None]
     num = torch.bmm(Smat, bmm_view(v)).baddbmm_(bmm_view(qsi), bmm_view(Cprev)).view(X, NC, L, Dv)
     den = Smat.sum(-1).view(X, NC, L) + (qsi * nprev[:, :, None, :]).sum(-1)
-    norm = torch.maximum(den.abs(), torch.exp(-m_t).to(cd)) + eps
-    h = num.div_(norm[..., None]) if ip else num / norm[..., None]
+    norm = torch.maximum(den.abs(), torch.exp(-m_t).to(work_dtype)) + eps
+    h = num.div_(norm[..., None]) if in_place else num / norm[..., None]
     saved = None
     if keep_for_backward:
         saved = dict(D=D, Smat=Smat, Cprev=Cprev, decay=decay, E=E, kw=kw, qsi=qsi, inter=inter, norm=norm)
     return h, C_last, n_last, mb[:, -1], saved
 
 
-def _backward(qs, k, v, saved, dh, dC_last, dn_last):
+def _backward(q_scaled, k, v, saved, dh, dC_last, dn_last):
     """Hand-written stopgrad backward on [X,NC,L,*]. Returns dqs, dk, dv, dC0, dn0 (dn0 may be None)."""
     D, Smat, Cprev, decay, E, kw, qsi, inter, norm = (
         saved[x] for x in ("D", "Smat", "Cprev", "decay", "E", "kw", "qsi", "inter", "norm"))
-    X, NC, L, Dqk = qs.shape
+    X, NC, L, Dqk = q_scaled.shape
     Dv = v.shape[-1]
     bmm_view = lambda t: t.reshape(X * NC, *t.shape[2:])  # noqa: E731
     dhn = dh / norm[..., None]  # n feeds only the (constant) normaliser: no gradient to n from h
 
     # Reverse state-gradient recurrence: Gout[c] = dL/d(C leaving chunk c).
     loc = torch.bmm(bmm_view(qsi).transpose(-1, -2), bmm_view(dhn)).view(X, NC, Dqk, Dv)
-    Gout = torch.empty(X, NC, Dqk, Dv, dtype=qs.dtype, device=qs.device)
+    Gout = torch.empty(X, NC, Dqk, Dv, dtype=q_scaled.dtype, device=q_scaled.device)
     Gout[:, -1] = dC_last
     views, locs, decs = Gout.unbind(1), loc.unbind(1), decay[..., None, None].unbind(1)
     for c in range(NC - 1, 0, -1):
@@ -138,7 +138,7 @@ def _backward(qs, k, v, saved, dh, dC_last, dn_last):
     dhn3 = bmm_view(dhn)
     dS = torch.bmm(dhn3, bmm_view(v).transpose(-1, -2)).mul_(bmm_view(D))
     dqs = torch.bmm(dS, bmm_view(k)).baddbmm_(dhn3 * bmm_view(inter)[..., None], bmm_view(Cprev).transpose(-1, -2))
-    dk = torch.bmm(dS.transpose(-1, -2), bmm_view(qs)).baddbmm_(
+    dk = torch.bmm(dS.transpose(-1, -2), bmm_view(q_scaled)).baddbmm_(
         bmm_view(v * E[..., None]), bmm_view(Gout).transpose(-1, -2)).view(X, NC, L, Dqk)
     dv = torch.bmm(Smat.transpose(-1, -2), dhn3).baddbmm_(bmm_view(kw), bmm_view(Gout))
     dn0 = None
@@ -177,10 +177,10 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
     def forward(ctx, q, k, v, i, f, C0, n0, m0, L, eps):
         B, H, S, Dqk = q.shape
         Dv = v.shape[-1]
-        qs, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
-        C0x, n0x = C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk)
-        h, C, n, m, saved = _forward(qs, kc, vc, ic, logf, C0x, n0x, m0.flatten().to(torch.float64), eps, True)
-        ctx.save_for_backward(qs, kc, vc, C, n, f, C0x, n0x, *saved.values())
+        q_scaled, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
+        C0_chunk, n0x = C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk)
+        h, C, n, m, saved = _forward(q_scaled, kc, vc, ic, logf, C0_chunk, n0x, m0.flatten().to(torch.float64), eps, True)
+        ctx.save_for_backward(q_scaled, kc, vc, C, n, f, C0_chunk, n0x, *saved.values())
         ctx.saved_keys = tuple(saved.keys())
         ctx.B, ctx.S = B, S
         m = m.view(B, H).to(q.dtype)
@@ -189,26 +189,26 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
-        qs, kc, vc, C, n, f, C0x, n0x, *rest = ctx.saved_tensors
+        q_scaled, kc, vc, C, n, f, C0_chunk, n0x, *rest = ctx.saved_tensors
         saved = dict(zip(ctx.saved_keys, rest))
         B, S = ctx.B, ctx.S
-        X, NC, L, Dqk = qs.shape
+        X, NC, L, Dqk = q_scaled.shape
         H, Dv = X // B, vc.shape[-1]
         dC = torch.zeros_like(C) if dC is None else dC.reshape(X, Dqk, Dv)
         dn = None if dn is None else dn.reshape(X, Dqk)
         if dh is None:
-            dh = torch.zeros(B, H, S, Dv, dtype=qs.dtype, device=qs.device)
-        dqs, dk, dv, dC0, dn0 = _backward(qs, kc, vc, saved, _split(dh, L), dC, dn)
+            dh = torch.zeros(B, H, S, Dv, dtype=q_scaled.dtype, device=q_scaled.device)
+        dqs, dk, dv, dC0, dn0 = _backward(q_scaled, kc, vc, saved, _split(dh, L), dC, dn)
         # Gate gradients from the stopgrad identity (module docstring); [X, NC*L].
         kdk = (kc * dk).sum(-1).flatten(1)
-        x = ((qs * dqs).sum(-1).flatten(1) - kdk).to(torch.float64)  # O(S) scan: keep it exact
+        x = ((q_scaled * dqs).sum(-1).flatten(1) - kdk).to(torch.float64)  # O(S) scan: keep it exact
         tail = (C * dC).sum((-2, -1)) + (0 if dn is None else (n * dn).sum(-1))
         dlogf = x.flip(-1).cumsum(-1).flip(-1) + tail[:, None]
         di = kdk[:, :S].reshape(B, H, S)
-        df = (dlogf[:, :S].reshape(B, H, S) * torch.sigmoid(-f.to(torch.float64))).to(qs.dtype)
-        dq = _merge(dqs, B, S) * qs.shape[-1] ** -0.5
+        df = (dlogf[:, :S].reshape(B, H, S) * torch.sigmoid(-f.to(torch.float64))).to(q_scaled.dtype)
+        dq = _merge(dqs, B, S) * q_scaled.shape[-1] ** -0.5
         # m0 only rescales the carried (C0, n0): its derivative is <dC0, C0> + <dn0, n0>.
-        dm0 = (dC0 * C0x).sum((-2, -1)) + (0 if dn0 is None else (dn0 * n0x).sum(-1))
+        dm0 = (dC0 * C0_chunk).sum((-2, -1)) + (0 if dn0 is None else (dn0 * n0x).sum(-1))
         dn0 = torch.zeros_like(n0x) if dn0 is None else dn0
         return (dq, _merge(dk, B, S), _merge(dv, B, S), di, df, dC0.view(B, H, Dqk, Dv), dn0.view(B, H, Dqk),
                 dm0.view(B, H), None, None)
@@ -217,8 +217,8 @@ class _MLSTMChunkStopgrad(torch.autograd.Function):
 def _chunk_plain(q, k, v, i, f, C0, n0, m0, L, eps):
     B, H, S, Dqk = q.shape
     Dv = v.shape[-1]
-    qs, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
-    h, C, n, m, _ = _forward(qs, kc, vc, ic, logf, C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk),
+    q_scaled, kc, vc, ic, logf = _prepare(q, k, v, i, f, L)
+    h, C, n, m, _ = _forward(q_scaled, kc, vc, ic, logf, C0.reshape(B * H, Dqk, Dv), n0.reshape(B * H, Dqk),
                              m0.flatten().to(torch.float64), eps, False)
     return _merge(h, B, S), C.view(B, H, Dqk, Dv), n.view(B, H, Dqk), m.view(B, H).to(q.dtype)
 
@@ -240,13 +240,13 @@ def mlstm_chunkwise(q, k, v, i, f, chunk_size=64, initial_state=None, eps=1e-6, 
     problem = chunk_size_problem("torch", chunk_size, S)
     if problem:
         raise ValueError(f"mlstm_chunkwise: {problem}")
-    cd = compute_dtype(q, k, v, i, f, *(initial_state if initial_state is not None else ()))
+    work_dtype = compute_dtype(q, k, v, i, f, *(initial_state if initial_state is not None else ()))
     if initial_state is None:
-        initial_state = zero_state(B, H, Dqk, Dv, cd, q.device)
+        initial_state = zero_state(B, H, Dqk, Dv, work_dtype, q.device)
     check_state(initial_state, B, H, Dqk, Dv)
-    C0, n0, m0 = (s.to(cd) for s in initial_state)
+    C0, n0, m0 = (s.to(work_dtype) for s in initial_state)
     L = min(chunk_size, S)
-    args = [t.to(cd) for t in (q, k, v, i, f)]
+    args = [t.to(work_dtype) for t in (q, k, v, i, f)]
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (*args, C0, n0, m0))
     if not needs_graph:  # inference / prefill: both modes are the same in-place forward
         with torch.no_grad():

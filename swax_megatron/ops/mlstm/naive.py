@@ -29,9 +29,9 @@ def _step(q, k, v, i, f, C, n, m, eps, stopgrad=False):
     ig = torch.exp(i - m_new)
     C = fs[..., None, None] * C + ig[..., None, None] * (k[..., :, None] * v[..., None, :])
     n = fs[..., None] * n + ig[..., None] * k
-    qs = q * q.shape[-1] ** -0.5
-    num = torch.einsum("bhd,bhde->bhe", qs, C)
-    den = (n * qs).sum(-1)
+    q_scaled = q * q.shape[-1] ** -0.5
+    num = torch.einsum("bhd,bhde->bhe", q_scaled, C)
+    den = (n * q_scaled).sum(-1)
     norm = torch.maximum(den.abs(), torch.exp(-m_new)) + eps
     if stopgrad:
         norm = norm.detach()
@@ -53,12 +53,12 @@ def mlstm_step(q, k, v, i, f, state, eps=1e-6):
             raise ValueError(f"mlstm_step: {name} must be [B, H] (one token), got {getattr(t, 'shape', t)}")
     # Reuse the sequence checks on a length-1 view.
     _, _, _, _, Dv = check_sequence_inputs(q[:, :, None], k[:, :, None], v[:, :, None], i[..., None], f[..., None])
-    cd = compute_dtype(q, k, v, i, f, *(state if state is not None else ()))
+    work_dtype = compute_dtype(q, k, v, i, f, *(state if state is not None else ()))
     if state is None:
-        state = zero_state(B, H, Dqk, Dv, cd, q.device)
+        state = zero_state(B, H, Dqk, Dv, work_dtype, q.device)
     check_state(state, B, H, Dqk, Dv, what="state")
-    C, n, m = (s.to(cd) for s in state)
-    h, C, n, m = _step(q.to(cd), k.to(cd), v.to(cd), i.to(cd), f.to(cd), C, n, m, eps)
+    C, n, m = (s.to(work_dtype) for s in state)
+    h, C, n, m = _step(q.to(work_dtype), k.to(work_dtype), v.to(work_dtype), i.to(work_dtype), f.to(work_dtype), C, n, m, eps)
     return h.to(q.dtype), (C, n, m)
 
 
@@ -71,13 +71,13 @@ def mlstm_recurrent(q, k, v, i, f, initial_state=None, eps=1e-6, *, grad="exact"
     if grad not in ("exact", "stopgrad"):
         raise ValueError(f"mlstm_recurrent: grad must be 'exact' or 'stopgrad', got {grad!r}")
     B, H, S, Dqk, Dv = check_sequence_inputs(q, k, v, i, f)
-    cd = compute_dtype(q, k, v, i, f, *(initial_state if initial_state is not None else ()))
+    work_dtype = compute_dtype(q, k, v, i, f, *(initial_state if initial_state is not None else ()))
     if initial_state is None:
-        initial_state = zero_state(B, H, Dqk, Dv, cd, q.device)
+        initial_state = zero_state(B, H, Dqk, Dv, work_dtype, q.device)
     check_state(initial_state, B, H, Dqk, Dv)
-    C, n, m = (s.to(cd) for s in initial_state)
+    C, n, m = (s.to(work_dtype) for s in initial_state)
     out_dtype = q.dtype
-    q, k, v, i, f = (t.to(cd) for t in (q, k, v, i, f))
+    q, k, v, i, f = (t.to(work_dtype) for t in (q, k, v, i, f))
     hs = []
     for t in range(S):
         h, C, n, m = _step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], C, n, m, eps, grad == "stopgrad")
@@ -109,8 +109,8 @@ def mlstm_parallel(q, k, v, i, f, eps=1e-6, *, grad="exact"):
         raise ValueError(f"mlstm_parallel: grad must be 'exact' or 'stopgrad', got {grad!r}")
     B, H, S, Dqk, Dv = check_sequence_inputs(q, k, v, i, f)
     out_dtype = q.dtype
-    cd = compute_dtype(q, k, v, i, f)
-    q, k, v, i, f = (t.to(cd) for t in (q, k, v, i, f))
+    work_dtype = compute_dtype(q, k, v, i, f)
+    q, k, v, i, f = (t.to(work_dtype) for t in (q, k, v, i, f))
     logf = F.logsigmoid(f)
     zero = torch.zeros_like(logf[..., :1])
     seg = _segsum(torch.cat([zero, logf], dim=-1))[..., 1:, :]  # [B,H,S,S+1]; column 0 = the state
@@ -119,8 +119,8 @@ def mlstm_parallel(q, k, v, i, f, eps=1e-6, *, grad="exact"):
     if grad == "stopgrad":
         m = m.detach()
     D = torch.exp(logD - m[..., None])[..., 1:]  # the state column carries no value
-    qs = q * Dqk ** -0.5
-    Smat = (qs @ k.transpose(-1, -2)) * D
+    q_scaled = q * Dqk ** -0.5
+    Smat = (q_scaled @ k.transpose(-1, -2)) * D
     den = Smat.sum(-1)
     norm = torch.maximum(den.abs(), torch.exp(-m)) + eps
     if grad == "stopgrad":

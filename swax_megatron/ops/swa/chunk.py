@@ -174,8 +174,8 @@ def sliding_window_attention_chunked(q, k, v, window, softmax_scale=None, block_
     B, Hq, Hkv, S, D, Dv = check_inputs(q, k, v, window, softmax_scale)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"sliding_window_attention: block_size must be a positive int, got {block_size!r}")
-    cd = compute_dtype(q, k, v)
+    work_dtype = compute_dtype(q, k, v)
     scale = D ** -0.5 if softmax_scale is None else float(softmax_scale)
     W = S if window is None else min(window, S)
-    o = _SWAChunked.apply(q.to(cd), k.to(cd), v.to(cd), W, scale, min(block_size, S))
+    o = _SWAChunked.apply(q.to(work_dtype), k.to(work_dtype), v.to(work_dtype), W, scale, min(block_size, S))
     return o.to(q.dtype)

@@ -23,11 +23,11 @@ def sliding_window_mask(S: int, window: int | None, device=None) -> torch.Tensor
 
 def sliding_window_attention_masked(q, k, v, window, softmax_scale=None):
     B, Hq, Hkv, S, D, Dv = check_inputs(q, k, v, window, softmax_scale)
-    cd = compute_dtype(q, k, v)
+    work_dtype = compute_dtype(q, k, v)
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
     group = Hq // Hkv
-    k = k.to(cd).repeat_interleave(group, dim=1)
-    v = v.to(cd).repeat_interleave(group, dim=1)
-    scores = (q.to(cd) @ k.transpose(-1, -2)) * scale
+    k = k.to(work_dtype).repeat_interleave(group, dim=1)
+    v = v.to(work_dtype).repeat_interleave(group, dim=1)
+    scores = (q.to(work_dtype) @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~sliding_window_mask(S, window, q.device), float("-inf"))
     return (torch.softmax(scores, dim=-1) @ v).to(q.dtype)
