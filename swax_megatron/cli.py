@@ -139,65 +139,58 @@ def _cmd_sweep_submit(args) -> int:
     return _submit(plan, args.dry_run)
 
 
+def _command(subparsers, name: str, help: str, func) -> argparse.ArgumentParser:
+    """A subcommand taking RECIPE [KEY=VALUE ...]."""
+    p = subparsers.add_parser(name, help=help)
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=func)
+    return p
+
+
+def _submission_flags(p: argparse.ArgumentParser, script: str) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch command only")
+    p.add_argument("--no-check", action="store_true", help="do not ask the cluster (sinfo)")
+    p.add_argument("--script", help=f"batch script (default: {script})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="swax", description="SWAX ablation framework on Megatron-core")
     sub = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
     recipe = sub.add_parser("recipe", help="resolve recipes and expand sweeps")
     rsub = recipe.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    get = dict(choices=["run_dir", "hash", "name", "world_size"])
 
-    res = rsub.add_parser("resolve", help="print the resolved recipe (YAML) and its hash")
-    res.add_argument("recipe")
-    res.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    res.add_argument("--get", choices=["run_dir", "hash", "name", "world_size"],
-                     help="print only this value")
-    res.set_defaults(func=_cmd_resolve)
+    res = _command(rsub, "resolve", "print the resolved recipe (YAML) and its hash", _cmd_resolve)
+    res.add_argument("--get", **get, help="print only this value")
 
-    sw = rsub.add_parser("sweep", help="count, list or resolve the entries of a sweep")
-    sw.add_argument("recipe")
-    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sw = _command(rsub, "sweep", "count, list or resolve the entries of a sweep", _cmd_sweep)
     mode = sw.add_mutually_exclusive_group(required=True)
     mode.add_argument("--count", action="store_true", help="number of entries")
     mode.add_argument("--list", action="store_true", help="index and run directory of each entry")
     mode.add_argument("--index", type=int, help="resolve entry I")
-    sw.add_argument("--get", choices=["run_dir", "hash", "name", "world_size"],
-                    help="with --index: print only this value")
-    sw.set_defaults(func=_cmd_sweep)
+    sw.add_argument("--get", **get, help="with --index: print only this value")
 
     slurm = sub.add_parser("slurm", help="sbatch options from a recipe, checked against the cluster")
     ssub = slurm.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    opt = ssub.add_parser("options", help="print the sbatch options of the recipe's slurm section")
-    opt.add_argument("recipe")
-    opt.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    opt = _command(ssub, "options", "print the sbatch options of the recipe's slurm section",
+                   _cmd_slurm_options)
     opt.add_argument("--sweep", action="store_true", help="options of the sweep's array job")
     opt.add_argument("--no-check", action="store_true",
                      help="do not ask the cluster (sinfo); GPUs are then always requested")
-    opt.set_defaults(func=_cmd_slurm_options)
-
-    sb = ssub.add_parser("submit", help="check the recipe against the cluster and sbatch it")
-    sb.add_argument("recipe")
-    sb.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    sb.add_argument("--dry-run", action="store_true", help="print the sbatch command only")
-    sb.add_argument("--no-check", action="store_true", help="do not ask the cluster (sinfo)")
-    sb.add_argument("--script", help="batch script (default: slurm/pretrain.sh)")
-    sb.set_defaults(func=_cmd_slurm_submit)
-
-    je = ssub.add_parser("job-env", help="shell variables slurm/pretrain.sh evaluates")
-    je.add_argument("recipe")
-    je.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sb = _command(ssub, "submit", "check the recipe against the cluster and sbatch it",
+                  _cmd_slurm_submit)
+    _submission_flags(sb, "slurm/pretrain.sh")
+    je = _command(ssub, "job-env", "shell variables slurm/pretrain.sh evaluates", _cmd_slurm_job_env)
     je.add_argument("--sweep-index", type=int, help="entry I of the recipe's sweep")
-    je.set_defaults(func=_cmd_slurm_job_env)
 
     sweep = sub.add_parser("sweep", help="run a recipe's sweep as a SLURM array job")
     wsub = sweep.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ws = wsub.add_parser("submit", help="validate every entry, then sbatch --array=0-(N-1)%%K")
-    ws.add_argument("recipe")
-    ws.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ws = _command(wsub, "submit", "validate every entry, then sbatch --array=0-(N-1)%%K",
+                  _cmd_sweep_submit)
     ws.add_argument("--parallel", type=int, metavar="K",
                     help="at most K entries at once (default: slurm.array_parallelism, else all)")
-    ws.add_argument("--dry-run", action="store_true", help="print the sbatch command only")
-    ws.add_argument("--no-check", action="store_true", help="do not ask the cluster (sinfo)")
-    ws.add_argument("--script", help="batch script (default: slurm/sweep.sh)")
-    ws.set_defaults(func=_cmd_sweep_submit)
+    _submission_flags(ws, "slurm/sweep.sh")
     return parser
 
 

@@ -52,25 +52,28 @@ class LocalNorm:
         return norm
 
 
-class SwaxLocalSpecProvider(LocalSpecProvider):
-    """megatron's local (no TE) classes, plus the slots a SWAX layer adds."""
-
-    def layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
-        return LocalNorm  # torch RMSNorm / LayerNorm per config.normalization, SP-capable
-
-    def sliding_core_attention(self) -> type:
-        return SlidingWindowCoreAttention
-
-    def global_core_attention(self) -> type:
-        return GlobalCoreAttention
+class _SwaxSlots:
+    """What a SWAX layer adds to megatron's BackendSpecProvider: `core_attention(sliding)` for S
+    (sliding=True) and G layers, and the mLSTM gate projection."""
 
     def gate_linear(self) -> type:
+        # Both backends: a plain linear, never FP8 (mlstm_layer.py says why).
         return ColumnParallelLinear
 
 
-class SwaxTESpecProvider(TESpecProvider):
-    """megatron's Transformer Engine classes, plus the SWAX slots: TE fused attention with the
-    per-step window, and a plain linear for the mLSTM gates (TE linears would run them in FP8)."""
+class SwaxLocalSpecProvider(_SwaxSlots, LocalSpecProvider):
+    """megatron's local (no TE) classes; torch norms that also work under sequence parallelism;
+    the windowed core attention of attention.py."""
+
+    def layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
+        return LocalNorm
+
+    def core_attention(self, sliding: bool = True) -> type:
+        return SlidingWindowCoreAttention if sliding else GlobalCoreAttention
+
+
+class SwaxTESpecProvider(_SwaxSlots, TESpecProvider):
+    """megatron's Transformer Engine classes; TE fused attention with the per-step window."""
 
     def __init__(self):
         try:
@@ -81,18 +84,10 @@ class SwaxTESpecProvider(TESpecProvider):
                 f"(pip install transformer-engine[pytorch]), which does not import here ({e}); "
                 f"use backend='local'") from None
 
-    def sliding_core_attention(self) -> type:
-        from .te_attention import TESlidingWindowCoreAttention
+    def core_attention(self, sliding: bool = True) -> type:
+        from .te_attention import TEGlobalCoreAttention, TESlidingWindowCoreAttention
 
-        return TESlidingWindowCoreAttention
-
-    def global_core_attention(self) -> type:
-        from .te_attention import TEGlobalCoreAttention
-
-        return TEGlobalCoreAttention
-
-    def gate_linear(self) -> type:
-        return ColumnParallelLinear
+        return TESlidingWindowCoreAttention if sliding else TEGlobalCoreAttention
 
 
 def spec_provider(backend: str):
@@ -130,9 +125,9 @@ def get_swax_layer_spec(symbol: str, backend: str = "local",
                         f"swax_megatron.models.attention.WindowedAttention (the per-step window)")
     p = spec_provider(backend)
     if symbol == "S":
-        mixer = _attention_spec(p, core_attention_cls or p.sliding_core_attention())
+        mixer = _attention_spec(p, core_attention_cls or p.core_attention(sliding=True))
     elif symbol == "G":
-        mixer = _attention_spec(p, core_attention_cls or p.global_core_attention())
+        mixer = _attention_spec(p, core_attention_cls or p.core_attention(sliding=False))
     elif symbol == "X":
         mixer = _mlstm_spec(p)
     else:
