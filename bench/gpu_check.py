@@ -33,7 +33,8 @@ import traceback
 
 MARK = "@@GPU_CHECK@@ "
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TFLA_ANCHOR_MS = 18.6  # research/mlstm.md §8.2: xl_chunk fwd+bwd, H100, torch 2.11 / triton 3.6
+TFLA_ANCHOR_MS = 18.6  # mlstm_kernels xl_chunk (TFLA) fwd+bwd, bf16, 8 heads 256/512, S=8192 x B=8, chunk 128, measured
+# with do_bench on one H100 80GB (torch 2.11.0+cu130, triton 3.6.0, mlstm_kernels 2.0.6)
 B, S = 8, 8192
 MH, DQK, DHV = 8, 256, 512  # mLSTM heads (xLSTM-7B)
 AH, AD = 32, 128  # attention heads

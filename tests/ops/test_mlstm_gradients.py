@@ -1,6 +1,6 @@
 """Gradients of the mLSTM paths, float64.
 
-Conventions (research/mlstm.md §1.5):
+Conventions:
 - grad="exact": plain autograd; reference = autograd of mlstm_recurrent (and of mlstm_parallel).
 - grad="stopgrad": the normaliser max(|n.q|, exp(-m)) + eps and every stabiliser m are constants;
   reference = autograd of mlstm_parallel / mlstm_recurrent with those detached, and gradcheck

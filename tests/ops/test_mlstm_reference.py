@@ -47,7 +47,7 @@ def test_eps_matters_and_is_honoured():
 
 
 def test_recurrent_matches_unstabilised_definition():
-    # Independent check of the ground truth: the plain (unstabilised) cell of research/mlstm.md §1.1
+    # Independent check of the ground truth: the plain (unstabilised) cell of the xLSTM paper (arXiv 2405.04517, eq. 19-27)
     # with eps = 0, on short sequences where exp() does not overflow.
     q, k, v, i, f = mlstm_inputs(1, 2, 12, 4, 5, seed=5)
     h_r, (C_r, n_r, m_r) = mlstm_recurrent(q, k, v, i, f, eps=0.0)

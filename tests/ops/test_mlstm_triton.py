@@ -5,7 +5,7 @@ Run in its own process, because the interpreter setting is read when the kernels
 
 Reference: swax_megatron.ops.mlstm.mlstm_recurrent(..., grad="stopgrad") in float64, i.e. the step loop with the
 normaliser and every stabiliser detached: the stop-gradient convention the Triton backward implements
-(research/mlstm.md §1.5). The loss sums h, the final C and the final n against random weights, so the
+(normaliser and stabiliser constant in backward). The loss sums h, the final C and the final n against random weights, so the
 state-gradient paths are exercised too.
 
 Error measure: rel(a, b) = max|a - b| / max|b| over the whole tensor (b the reference; max|a - b| when b == 0).

@@ -14,7 +14,7 @@ stabilisers, which depend on the gates alone, so every chunk's local write term 
 own end state) comes from one batched matmul before the loop.
 
 grad="stopgrad" (default) differentiates with norm_t and every m held constant, the convention of
-mlstm_kernels' custom backward (research/mlstm.md §1.5). Its backward is written by hand:
+mlstm_kernels' custom backward (Beck et al., TFLA, arXiv 2503.14376). Its backward is written by hand:
   dq, dk, dv   from batched matmuls plus a reverse loop over chunks for dC (dC_{k-1} = decay dC_k + local);
   di_j         = k_j . dk_j
   d(log f)_r   = sum_{s>=r} (q_s.dq_s - k_s.dk_s) + <C_S, dC_S> + <n_S, dn_S>

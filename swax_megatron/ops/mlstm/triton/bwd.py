@@ -1,4 +1,5 @@
-"""Backward kernels of the chunkwise mLSTM under the stop-gradient convention (research/mlstm.md §1.5).
+"""Backward kernels of the chunkwise mLSTM under the stop-gradient convention (normaliser and
+stabiliser constant in backward, the convention of mlstm_kernels and of ops/mlstm/chunk.py).
 
 The normaliser DEN and the stabilisers (MT per token, MS per chunk boundary) are constants, so every
 output row is linear in q, k, v and the carried state. With dh~_t = dh_t / DEN_t, for chunk c:

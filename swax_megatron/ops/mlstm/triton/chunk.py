@@ -1,7 +1,7 @@
 """Chunkwise mLSTM in Triton: launchers, block-size heuristics, autograd Function, public entry.
 
 Same cell, signature and state convention as `swax_megatron.ops.mlstm.mlstm_chunkwise`; the backward
-is the stop-gradient one (normaliser and stabiliser constant, research/mlstm.md §1.5).
+is the stop-gradient one (normaliser and stabiliser constant, as ops/mlstm/chunk.py).
 """
 
 from __future__ import annotations

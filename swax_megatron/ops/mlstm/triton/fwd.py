@@ -1,4 +1,4 @@
-"""Forward kernels of the chunkwise mLSTM (research/mlstm.md §1.4).
+"""Forward kernels of the chunkwise mLSTM (the math of ops/mlstm/chunk.py, the reference).
 
 Layout shared by all kernels of this folder (B*H flattened to one axis, every tensor contiguous):
   q, k [BH, S, DK]; v, h [BH, S, DV];
