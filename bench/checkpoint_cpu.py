@@ -7,9 +7,9 @@ In one process (gloo, world 1), a SWAX model built by the real trainer's engine 
 step (so the checkpoint holds the optimizer moments), then, interleaved repeat by repeat:
   save_without_manifest  CheckpointManager.save with the manifest step switched off (what a
                          save cost before the manifest existed)
-  save                   CheckpointManager.save as the trainer runs it (shards + sha256
+  save                   CheckpointManager.save as the trainer runs it (shards + CRC-32
                          manifest + `latest`)
-  verify                 checkpoint.manifest_problem: re-reading and hashing every file, what a
+  verify                 checkpoint.manifest_problem: re-reading and checksumming every file, what a
                          resume does once before loading
   lock                   RunLock.acquire + release on a run directory (once per job; nothing
                          is done per step)
@@ -92,7 +92,7 @@ def main() -> None:
               "cpu": cpu_model(), "torch": torch.__version__, "date": stamp})
     emit({"ratio": "save / save_without_manifest", "value": min(times["save"])
           / min(times["save_without_manifest"])})
-    emit({"ratio": "manifest hashing MB/s", "value": size / 1e6 / max(
+    emit({"ratio": "manifest checksum MB/s", "value": size / 1e6 / max(
         1e-9, min(times["save"]) - min(times["save_without_manifest"]))})
 
 

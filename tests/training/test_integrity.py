@@ -69,7 +69,7 @@ def test_a_missing_latest_pointer_is_refused_and_nothing_is_touched(tiny_corpus,
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("flip", "does not match its sha256 in the manifest"),
+    ("flip", "does not match the manifest (CRC-32 of bytes"),
     ("truncate", "bytes, the manifest says"),
     ("delete_metadata", ".metadata is missing"),
 ])
