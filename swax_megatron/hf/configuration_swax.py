@@ -80,6 +80,14 @@ class SwaxHFConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         self._check()
 
+    def validate(self) -> None:
+        """What save_pretrained runs: transformers' validators, except its layer-type check, which knows
+        only transformers' own layer kinds (not "mlstm"); ours checks SWAX's instead."""
+        for validator in type(self).__class_validators__:
+            if validator.__name__ != "validate_layer_type":
+                validator(self)
+        self._check()
+
     def _check(self) -> None:
         """One-line errors for settings no SWAX model can have (raised at construction and load)."""
         bad = sorted(set(self.layer_types) - set(LAYER_TYPES))

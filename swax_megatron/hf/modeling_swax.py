@@ -129,14 +129,23 @@ def mlstm_chunkwise(q, k, v, i, f, state, chunk_size: int = 64, eps: float = 1e-
     return torch.cat(hs, dim=2), (C, n, m)
 
 
-def _fast_mlstm_chunkwise():
-    """swax_megatron's chunkwise mLSTM op when that package is importable, else None. Inside try so
-    that transformers' import check of this file (which skips try blocks) does not require it."""
+def _fast_mlstm_chunkwise(device: torch.device, chunk_size: int):
+    """swax_megatron's chunkwise mLSTM op for inference, or None where that package is not importable:
+    its Triton kernel on CUDA (when triton imports and takes the chunk size), its torch op elsewhere
+    (as fast as mlstm_chunkwise above on CPU; the op the training model runs). Called as
+    fast(q, k, v, i, f, chunk_size=, initial_state=, eps=) -> h, (C, n, m). Imports inside try blocks:
+    transformers' import check of this file skips them, so it does not require the package."""
     try:
-        from swax_megatron.ops.mlstm import mlstm_chunkwise as fast
+        from swax_megatron.ops.mlstm import chunk_size_problem, mlstm_chunkwise
     except ImportError:
         return None
-    return fast
+    if device.type == "cuda" and chunk_size_problem("triton", chunk_size) is None:
+        try:
+            from swax_megatron.ops.mlstm.triton import mlstm_chunkwise_triton
+            return mlstm_chunkwise_triton
+        except ImportError:
+            pass
+    return mlstm_chunkwise
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -279,10 +288,14 @@ class SwaxMLSTMLayer(nn.Module):
             h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[..., 0], f[..., 0], state, cfg.mlstm_eps)
             h = h[:, :, None]
         else:
-            fast = _fast_mlstm_chunkwise() if cfg.mlstm_kernel == "auto" else None
+            # The package's kernels serve inference; training through this model (autograd) runs the
+            # plain path, differentiated exactly.
+            fast = None
+            if cfg.mlstm_kernel == "auto" and not (torch.is_grad_enabled() and x.requires_grad):
+                fast = _fast_mlstm_chunkwise(x.device, cfg.mlstm_chunk_size)
             if fast is not None:
                 h, state = fast(q, k, v, i, f, chunk_size=cfg.mlstm_chunk_size, initial_state=state,
-                                eps=cfg.mlstm_eps, grad="exact")
+                                eps=cfg.mlstm_eps)
             else:
                 if state is None:
                     state = mlstm_zero_state(B, NH, self.qk_head_dim, self.v_head_dim, cd, x.device)
