@@ -222,9 +222,9 @@ class SwaxAttention(nn.Module):
             outs = []
             for a in range(0, L, self.query_block):
                 b = min(a + self.query_block, L)
-                # New keys older than a - window + 1 are outside every window of this block (with left
-                # padding, where positions and token indices advance together); cached keys are all
-                # older than the new ones, so they drop out as soon as a block starts past the window.
+                # Keys this block's windows can reach: the new ones from a - window + 1 on (padding is
+                # on the left, so within a call a position and a token index advance together) and
+                # the cached ones, which are older than every new key, while a - window + 1 <= 0.
                 start = 0 if self.window is None or a - self.window + 1 <= 0 else past + a - self.window + 1
                 out_block = attend(q[:, :, a:b], keys[:, :, start:past + b], values[:, :, start:past + b],
                                    token_index[:, a:b], key_index[:, start:past + b], self.window)
@@ -391,7 +391,7 @@ class SwaxModel(SwaxPreTrainedModel):
         self.embed_tokens = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                use_cache=None, output_hidden_states=None, return_dict=None, **kwargs):
+                use_cache=None, output_hidden_states=None, **kwargs):
         """input_ids [B, L] (or inputs_embeds [B, L, hidden]); attention_mask [B, L] or [B, past + L]
         (1 token, 0 padding; padding on the left), or None; position_ids [B, L] (RoPE positions; default:
         the token indices, i.e. what generate() passes); cache: a SwaxCache to continue from (created
@@ -414,9 +414,10 @@ class SwaxModel(SwaxPreTrainedModel):
             seen = torch.zeros(B, dtype=torch.long, device=x.device)
         real = None
         if attention_mask is not None:
-            if attention_mask.dim() != 2:
-                raise ValueError(f"SwaxModel: attention_mask must be a 2D padding mask [batch, length], got "
-                                 f"shape {tuple(attention_mask.shape)}")
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < L:
+                raise ValueError(f"SwaxModel: attention_mask must be a 2D padding mask [batch, length] covering "
+                                 f"this call's {L} tokens (and optionally the cached ones before them), got shape "
+                                 f"{tuple(attention_mask.shape)} for inputs of shape {(B, L)}")
             real = attention_mask[:, -L:].to(device=x.device, dtype=torch.bool)  # the mask may cover past tokens too
             token_index = seen[:, None] + real.long().cumsum(-1) - 1
             token_index = token_index.masked_fill(~real, -1)
@@ -464,8 +465,7 @@ class SwaxForCausalLM(SwaxPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                labels=None, use_cache=None, output_hidden_states=None, logits_to_keep=0, return_dict=None,
-                **kwargs):
+                labels=None, use_cache=None, output_hidden_states=None, logits_to_keep=0, **kwargs):
         """As SwaxModel.forward; labels [B, L] give the next-token loss (shifted inside, -100 ignored);
         logits_to_keep: an int n > 0 keeps the last n positions' logits (generate() passes 1)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
