@@ -23,12 +23,12 @@ a padding token exactly: its input gate is -inf-like (writes nothing) and its fo
 
 This file and the two it imports relatively (configuration_swax.py, cache_swax.py) import only torch
 and transformers: save_pretrained copies them next to the weights, and from_pretrained(...,
-trust_remote_code=True) refuses modelling files that import packages the user may not have. The
-training package's kernels (swax_megatron.ops) are used for the mLSTM prefill when importable and
-config.mlstm_kernel == "auto"; the code here is the fallback and the reference.
+trust_remote_code=True) refuses modelling files that import packages the user may not have. With
+config.mlstm_kernel == "auto", inference prefills the mLSTM with the training package's kernels
+(swax_megatron.ops: Triton on CUDA) where that package is importable; the code here is the fallback,
+the reference, and what training through this model differentiates.
 """
 
-import math
 from typing import Optional
 
 import torch

@@ -7,8 +7,9 @@ exponential gates; measured about 1e-5).
 
 import pytest
 import torch
-from hf_testing import ops_forward, rel_err, tiny_model
+from hf_testing import ops_forward, rel_err, tiny_config, tiny_model
 
+from swax_megatron.hf import SwaxForCausalLM
 from swax_megatron.hf import modeling_swax as ms
 from swax_megatron.ops.mlstm import mlstm_chunkwise as ops_mlstm_chunkwise
 from swax_megatron.ops.mlstm import mlstm_recurrent, mlstm_step
@@ -179,9 +180,6 @@ def test_gradients_flow_to_every_parameter():
 
 
 def test_fresh_model_gate_biases_follow_the_training_init():
-    from swax_megatron.hf import SwaxForCausalLM
-    from hf_testing import tiny_config
-
     model = SwaxForCausalLM(tiny_config(mlstm_num_heads=4, mlstm_qk_head_dim=4, mlstm_v_head_dim=8))
     layer = model.model.layers[0].mlstm_layer
     assert torch.equal(layer.igate_preact.bias.data, torch.full((4,), -10.0))
