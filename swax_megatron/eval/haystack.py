@@ -25,19 +25,22 @@ from .text import NOISE, NOISE_SENTENCES, TokenCosts, source_lines, source_words
 
 
 def render(head: str, tail: str, units: Sequence[str], costs: Sequence[int],
-           items: Sequence[dict], sep: str) -> Layout:
+           items: Sequence[dict], sep: str, pin: int | None = None) -> Layout:
     """head + context + tail; the context is `units` and `items` joined by `sep`, each item at
     the unit boundary whose estimated token offset is nearest to `depth_target` percent of the
     context (0: first, 100: last). Items keep their depth order; equal depths keep list order.
-    Marks: "context" (one span), "item<i>" (per item), and "slot_units": per item, the token
-    costs of the units before and after it (the grain of its depth)."""
+    Item `pin` (the one whose depth is measured) is placed last, at the insertion point nearest
+    its depth among all unit and item boundaries, so no other item pushes it away.
+    Marks: "context" (one span), "item<i>" (per item), and "pin_bound": [tokens], half the
+    larger gap between the pinned item's position and its neighbouring insertion points (the
+    grain of its depth; the text between them is one unit or one item)."""
     cum = [0]
     for c in costs:
         cum.append(cum[-1] + c)
     total = cum[-1] + sum(it["cost"] for it in items)
-    order = sorted(range(len(items)), key=lambda i: (items[i]["depth_target"], i))
+    order = sorted((i for i in range(len(items)) if i != pin),
+                   key=lambda i: (items[i]["depth_target"], i))
     slots: dict[int, list[int]] = {}
-    slot_of: dict[int, int] = {}
     before = 0  # tokens of the items placed so far (all earlier in the text)
     last = 0
     for i in order:
@@ -47,9 +50,28 @@ def render(head: str, tail: str, units: Sequence[str], costs: Sequence[int],
             k -= 1
         k = max(k, last)
         slots.setdefault(k, []).append(i)
-        slot_of[i] = k
         before += items[i]["cost"]
         last = k
+    bound = 0
+    if pin is not None:
+        want = items[pin]["depth_target"] / 100 * (total - items[pin]["cost"])
+        cands = []  # (token position, slot, index within the slot)
+        run = 0
+        for k in range(len(units) + 1):
+            in_slot = slots.get(k, [])
+            for j in range(len(in_slot) + 1):
+                cands.append((run, k, j))
+                if j < len(in_slot):
+                    run += items[in_slot[j]]["cost"]
+            if k < len(units):
+                run += costs[k]
+        best = min(range(len(cands)), key=lambda c: (abs(cands[c][0] - want), c))
+        _, k, j = cands[best]
+        slots.setdefault(k, []).insert(j, pin)
+        here = cands[best][0]
+        gaps = [here - cands[best - 1][0] if best > 0 else 0,
+                cands[best + 1][0] - here if best + 1 < len(cands) else 0]
+        bound = (max(gaps) + 1) // 2
     layout = Layout()
     layout.add(head)
     start = layout.pos
@@ -67,9 +89,7 @@ def render(head: str, tail: str, units: Sequence[str], costs: Sequence[int],
             first = False
     layout.marks["context"] = [(start, layout.pos)]
     layout.add(tail)
-    layout.marks["slot_units"] = [
-        (costs[slot_of[i] - 1] if slot_of[i] > 0 else 0,
-         costs[slot_of[i]] if slot_of[i] < len(costs) else 0) for i in range(len(items))]
+    layout.marks["pin_bound"] = [(bound, bound)]
     return layout
 
 

@@ -165,7 +165,7 @@ class NiahTask(Task):
 
         def layout_of(count: int):
             units, costs = hay.units(count)
-            return render(head, tail, units, costs, needles, hay.sep)
+            return render(head, tail, units, costs, needles, hay.sep, pin=target)
 
         fixed = len(tokenizer.tokenize(head + tail)) + sum(n["cost"] for n in needles)
         estimate = hay.atoms_for(target_tokens - fixed)
@@ -194,14 +194,14 @@ class NiahTask(Task):
                            "depth_target": n["depth_target"],
                            "depth": 100.0 * (start - ctx_start) / span})
         tgt = placed[target]
-        unit = layout.marks.get("slot_units", [(0, 0)])[target]
         meta.update(
             variant=self.variant, haystack=s.haystack, prompt_tokens=len(ids),
             target_tokens=target_tokens, tolerance=hay.tolerance, haystack_units=count,
             context_start=ctx_start, context_end=ctx_end, needles=placed,
             depth=target_depth if depth is None else depth, depth_actual=tgt["depth"],
-            # the needle can only sit between units: half the larger neighbour, plus slack
-            depth_bound_tokens=max(unit) // 2 + 4,
+            # the needle sits between units (or other needles): half the larger neighbour,
+            # plus slack for the estimate
+            depth_bound_tokens=layout.marks["pin_bound"][0][0] + 4,
             distance=len(ids) - tgt["start"], query=query, type_needle_v=type_v,
             answer_prefix=prefix.format(query=query))
         return Sample(task=self.name, prompt=prompt, prompt_ids=tuple(ids),

@@ -68,13 +68,14 @@ def _check_filler(filler: str) -> None:
 class _RecallTask(Task):
     metric = "string_match_all"
 
-    def _fit(self, tokenizer, length, hay: Haystack, head: str, tail: str, items: list[dict]):
+    def _fit(self, tokenizer, length, hay: Haystack, head: str, tail: str, items: list[dict],
+             pin: int | None = None):
         for it in items:
             it["cost"] = len(tokenizer.tokenize("\n" + it["text"]))
 
         def layout_of(count):
             units, costs = hay.units(count)
-            return render(head, tail, units, costs, items, "\n")
+            return render(head, tail, units, costs, items, "\n", pin=pin)
 
         fixed = len(tokenizer.tokenize(head + tail)) + sum(it["cost"] for it in items)
         try:
@@ -117,7 +118,7 @@ class PasskeyTask(_RecallTask):
         items = [{"text": PASSKEY_NEEDLE.format(passkey=passkey), "depth_target": depth_target}]
         answer = f" {passkey}."
         layout, count = self._fit(tokenizer, length, hay, PASSKEY_INTRO + "\n",
-                                  "\n" + PASSKEY_QUERY + answer, items)
+                                  "\n" + PASSKEY_QUERY + answer, items, pin=0)
         text = layout.text
         ids = tokenizer.tokenize(text)
         (c0, c1), = layout.marks["context"]
@@ -133,7 +134,7 @@ class PasskeyTask(_RecallTask):
                     target_tokens=length, tolerance=hay.tolerance, haystack_units=count,
                     context_start=ctx0, context_end=ctx1, needle_start=n0, needle_end=n1,
                     depth=depth_target, depth_actual=100.0 * (n0 - ctx0) / span,
-                    depth_bound_tokens=max(layout.marks["slot_units"][0]) // 2 + 4,
+                    depth_bound_tokens=layout.marks["pin_bound"][0][0] + 4,
                     distance=q0 - v0)
         return Sample(task=self.name, prompt=prompt, prompt_ids=tuple(tokenizer.tokenize(prompt)),
                       answers=(passkey,), gen_tokens=self.gen_tokens, metadata=meta, text=text,
