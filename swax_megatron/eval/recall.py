@@ -243,7 +243,7 @@ class MQARTask(_RecallTask):
             q_at = query_span[0] + len(MQAR_QUERY.split("{value}")[0].format(key=key))
             q0, q1 = self._value_span(tokenizer, ids, text, (q_at, query_span[1]), value)
             pairs.append({"key": key, "value": value, "plant_start": v0, "query_start": q0,
-                          "distance": q0 - v0, "distance_target": round(strata[i // 2]),
+                          "distance": q0 - v0, "distance_target": round(strata[i // 2], 2),
                           "query_char": q_at})
             probes.append(Probe(q0, q1, value, q0 - v0))
         last = max(pairs, key=lambda p: p["query_start"])
