@@ -112,6 +112,13 @@ def _fmt_tokens(n: int) -> str:
 def save_heatmap(grid: Mapping, path: str | os.PathLike, *, title: str | None = None) -> None:
     """The length x depth grid as a PNG heatmap: x context length (tokens), y needle depth
     (% of the context), colour accuracy (%), each cell annotated; empty cells grey."""
+    fig = heatmap_figure(grid, title=title)
+    _save(fig, path)
+    _pyplot().close(fig)
+
+
+def heatmap_figure(grid: Mapping, *, title: str | None = None):
+    """The matplotlib figure save_heatmap writes."""
     import numpy as np
 
     plt = _pyplot()
@@ -122,8 +129,7 @@ def save_heatmap(grid: Mapping, path: str | os.PathLike, *, title: str | None = 
                     dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.4 + 0.38 * len(depths)),
                            dpi=110)
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#d0d0d0")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto",
                    origin="upper")
     ax.set_xticks(range(len(lengths)), [_fmt_tokens(L) for L in lengths])
@@ -139,14 +145,20 @@ def save_heatmap(grid: Mapping, path: str | os.PathLike, *, title: str | None = 
     ax.set_title(title or f"{grid.get('task') or 'NIAH'}"
                  + (f" (mean {mean:.1f}%)" if mean is not None else ""), fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def save_distance_plot(series: Mapping[str, Mapping], path: str | os.PathLike, *,
                        title: str | None = None) -> None:
     """Recall accuracy (%) against distance (tokens, bucket midpoints), one line per entry of
     `series` (label -> distance_buckets result)."""
+    fig = distance_figure(series, title=title)
+    _save(fig, path)
+    _pyplot().close(fig)
+
+
+def distance_figure(series: Mapping[str, Mapping], *, title: str | None = None):
+    """The matplotlib figure save_distance_plot writes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for label, b in series.items():
@@ -162,8 +174,7 @@ def save_distance_plot(series: Mapping[str, Mapping], path: str | os.PathLike, *
         ax.legend(fontsize=8)
     ax.set_title(title or "recall by distance", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def _save(fig, path) -> None:
