@@ -231,7 +231,9 @@ class Task(abc.ABC):
 
     def score_probes(self, sample: Sample, argmax_next: Sequence[int]) -> list[dict]:
         """Teacher-forced scoring: `argmax_next[t]` is the model's most likely token after
-        `sample.ids[:t+1]`. One record per probe: {distance, correct, answer, length, ...}."""
+        `sample.ids[:t+1]`. One record per probe: score 1.0 when every answer token is
+        predicted (else 0.0), token_accuracy (the fraction that is), distance, answer, length,
+        depth, index, seed."""
         if sample.ids is None:
             raise ValueError(f"sample of {sample.task} has no teacher-forced ids")
         if len(argmax_next) < len(sample.ids) - 1:
@@ -239,11 +241,12 @@ class Task(abc.ABC):
                              f"{len(sample.ids) - 1}")
         out = []
         for p in sample.probes:
-            correct = all(int(argmax_next[j - 1]) == sample.ids[j] for j in range(p.start, p.end))
+            hits = [int(argmax_next[j - 1]) == sample.ids[j] for j in range(p.start, p.end)]
             out.append({"task": sample.task, "length": sample.metadata["length"],
                         "depth": sample.metadata.get("depth"), "index": sample.metadata["index"],
                         "seed": sample.metadata["seed"], "distance": p.distance,
-                        "answer": p.answer, "score": float(correct)})
+                        "answer": p.answer, "score": float(all(hits)),
+                        "token_accuracy": sum(hits) / len(hits)})
         return out
 
 

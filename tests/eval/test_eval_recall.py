@@ -138,6 +138,7 @@ def test_mqar_scores_bucketed_by_distance(tokenizer):
                 pred[p.start - 1] = s.ids[p.start - 1]  # predicts a wrong first digit
         return pred
     recs = [r for s in samples for r in task.score_probes(s, short_memory(s))]
+    assert {r["token_accuracy"] for r in recs if r["distance"] >= 256} == {0.75}  # 3 of 4 digits
     b = distance_buckets(recs, edges=[0, 256, 768])
     assert b["accuracy"] == [100.0, 0.0] and sum(b["counts"]) == 36
     assert accuracy_grid(recs)["depths"] == [None]
