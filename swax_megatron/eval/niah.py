@@ -104,7 +104,8 @@ def join_queries(queries: list[str]) -> str:
 
 class NiahTask(Task):
     """One RULER NIAH variant. Keyword overrides (haystack, type_needle_k, ...) change the
-    variant's definition; the task name then says so (e.g. niah_single_2@essay=<file>)."""
+    variant's definition; the task name then says so (e.g. niah_single_1@haystack=essay).
+    `essay_source`: "embedded:<split>" or a local text file, for essay haystacks."""
 
     def __init__(self, variant: str = "single_1", *, gen_tokens: int = TOKENS_TO_GENERATE,
                  essay_source: str = DEFAULT_ESSAY_SOURCE, **overrides):
@@ -135,7 +136,8 @@ class NiahTask(Task):
         s = self.spec
         num_keys = max(s.num_needle_k, s.num_needle_q)
         keys = distinct_needles(s.type_needle_k, rng, num_keys)
-        values = [distinct_needles(s.type_needle_v, rng, s.num_needle_v) for _ in keys]
+        flat = distinct_needles(s.type_needle_v, rng, num_keys * s.num_needle_v, exclude=keys)
+        values = [flat[k * s.num_needle_v:(k + 1) * s.num_needle_v] for k in range(num_keys)]
         queried = rng.sample(range(num_keys), s.num_needle_q)
         answers = [v for q in queried for v in values[q]]
         needles = [{"key": keys[k], "value": v, "queried": k in queried,
@@ -159,7 +161,7 @@ class NiahTask(Task):
             raise ValueError(f"length {length} leaves no room for a prompt next to "
                              f"{self.gen_tokens} generated tokens")
 
-        hay = _haystack(s, tokenizer, rng, keys, self.essay_source)
+        hay = _haystack(s, tokenizer, rng, keys + flat, self.essay_source)
         for n in needles:
             n["cost"] = len(tokenizer.tokenize(hay.sep + n["text"]))
 
@@ -208,47 +210,48 @@ class NiahTask(Task):
                       answers=tuple(answers), gen_tokens=self.gen_tokens, metadata=meta)
 
 
-def _haystack(spec: NiahVariant, tokenizer, rng: random.Random, keys: list[str],
+def _haystack(spec: NiahVariant, tokenizer, rng: random.Random, needles: list[str],
               essay_source: str) -> Haystack:
     if spec.haystack == "noise":
         return NoiseHaystack(tokenizer)
     if spec.haystack == "essay":
         return EssayHaystack(tokenizer, essay_source, rng)
-    return _NeedleHaystack(tokenizer, spec, random.Random(rng.getrandbits(64)), keys)
+    return _NeedleHaystack(tokenizer, spec, random.Random(rng.getrandbits(64)), needles)
 
 
 class _NeedleHaystack(Haystack):
-    """RULER's needle haystack: distractor needles (other keys, same format), one per line."""
+    """RULER's needle haystack: distractor needles (other keys and values, same format), one per
+    line, drawn as needed."""
 
-    def __init__(self, tokenizer, spec: NiahVariant, rng: random.Random, keys: list[str]):
+    def __init__(self, tokenizer, spec: NiahVariant, rng: random.Random, exclude: list[str]):
         self.tokenizer = tokenizer
         self.spec = spec
         self.rng = rng
-        self.exclude = set(keys)
+        self.exclude = set(exclude)
         self.lines: list[str] = []
         self.costs: list[int] = []
-        # distractor lines differ in length only by their key and value: bound them by a long one
-        self.tolerance = max(self._cost(self._line()) for _ in range(8)) + 8
-        self.lines, self.costs = [], []
 
-    def _line(self) -> str:
+    @property
+    def tolerance(self) -> int:
+        # the fit stops one line short of overflowing; that line was drawn and measured
+        return max(self.costs, default=0) + 2
+
+    def _draw(self, kind: str) -> str:
         while True:
-            key = random_needle(self.spec.type_needle_k, self.rng)
-            if key not in self.exclude:
-                break
-        value = random_needle(self.spec.type_needle_v, self.rng)
-        return NEEDLE.format(type_needle_v=self.spec.type_needle_v, key=key, value=value)
-
-    def _cost(self, line: str) -> int:
-        return len(self.tokenizer.tokenize("\n" + line))
+            x = random_needle(kind, self.rng)
+            if x not in self.exclude:
+                return x
 
     def _grow(self, count: int) -> None:
-        new = [self._line() for _ in range(count - len(self.lines))]
+        new = [NEEDLE.format(type_needle_v=self.spec.type_needle_v,
+                             key=self._draw(self.spec.type_needle_k),
+                             value=self._draw(self.spec.type_needle_v))
+               for _ in range(count - len(self.lines))]
         if new:
             self.lines.extend(new)
             batch = getattr(self.tokenizer, "tokenize_batch", None)
-            ids = batch(["\n" + x for x in new]) if batch else [self.tokenizer.tokenize("\n" + x)
-                                                               for x in new]
+            texts = ["\n" + x for x in new]
+            ids = batch(texts) if batch else [self.tokenizer.tokenize(t) for t in texts]
             self.costs.extend(len(x) for x in ids)
 
     def units(self, count):
@@ -256,11 +259,6 @@ class _NeedleHaystack(Haystack):
         return self.lines[:count], self.costs[:count]
 
     def atoms_for(self, tokens):
-        if tokens <= 0:
-            return 0
-        self._grow(len(self.lines) + 1)
-        guess = max(1, tokens // max(1, self.costs[0]))
-        self._grow(guess + 1)
         total, n = 0, 0
         while True:
             self._grow(n + 1)
