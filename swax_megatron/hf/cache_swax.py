@@ -145,6 +145,15 @@ class SlidingWindowLayer(_AttentionLayer):
         self.cumulative_length += key_states.shape[-2]
         if self.size == 0:  # window 1: a query sees only itself, nothing to keep
             return attend
+        if key_states.shape[-2] == 1 and bool((key_index >= 0).all()):
+            # One decoded token per row (every generate() step): one slot per row, without the
+            # mask and nonzero() of the general path (half the cost of a decode step's cache work).
+            rows = torch.arange(key_index.shape[0], device=key_index.device)
+            slot = key_index[:, 0] % self.size
+            self.keys[rows, :, slot] = key_states[:, :, 0]
+            self.values[rows, :, slot] = value_states[:, :, 0]
+            self.key_index[rows, slot] = key_index[:, 0]
+            return attend
         # Per row, only the newest `size` tokens of this call survive it (a long prefill writes each
         # slot once: two writes to one slot would race in index_put_).
         newest = key_index.max(dim=-1, keepdim=True).values
