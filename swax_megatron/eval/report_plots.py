@@ -1,0 +1,300 @@
+"""The ablation report's figures (matplotlib, Agg), each a function of the runs that returns a
+figure or None when the runs have nothing to show. The per-result figures (NIAH heatmap, recall
+by distance) are results.heatmap_figure and results.distance_figure."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .report_data import (Run, by_length, kind_mean, merge_grids, mean, train_window, _num)
+from .results import _fmt_tokens, _pyplot
+
+KIND_WORDS = {"generation": "NIAH (generation tasks) average",
+              "probes": "recall probes average",
+              "lm_eval": "short-context (lm-eval) average"}
+
+
+def _colours(runs: Sequence[Run]) -> Dict[str, tuple]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    return {r.label: cmap(i % cmap.N) for i, r in enumerate(runs)}
+
+
+def _tokens_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x, _pos):
+        for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= div:
+                return f"{x / div:g}{unit}"
+        return f"{x:g}"
+
+    return FuncFormatter(fmt)
+
+
+def ema(values: Sequence[float], span: float) -> List[float]:
+    """Debiased exponential moving average with time constant `span` points."""
+    w = math.exp(-1.0 / max(span, 1e-9))
+    out, acc, norm = [], 0.0, 0.0
+    for v in values:
+        acc, norm = w * acc + (1 - w) * v, w * norm + (1 - w)
+        out.append(acc / norm)
+    return out
+
+
+def loss_figure(runs: Sequence[Run]):
+    """Train loss (faint), its moving average (solid) and validation loss (dashed, markers) of
+    every run against training tokens (steps when the recipe does not say the batch)."""
+    series = []
+    for r in runs:
+        train = [(x["step"], float(x["loss"])) for x in r.history if x.get("kind") == "train"
+                 and isinstance(x.get("step"), int) and _num(x.get("loss")) is not None]
+        val = [(x["step"], float(x["val_loss"])) for x in r.history if x.get("kind") == "eval"
+               and isinstance(x.get("step"), int) and _num(x.get("val_loss")) is not None]
+        if train or val:
+            series.append((r, train, val))
+    if not series:
+        return None
+    by_tokens = all(r.tokens_per_step for r, _, _ in series)
+    plt = _pyplot()
+    colours = _colours(runs)
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=110)
+    for r, train, val in series:
+        scale = r.tokens_per_step if by_tokens else 1
+        c = colours[r.label]
+        if train:
+            xs, ys = [s * scale for s, _ in train], [v for _, v in train]
+            ax.plot(xs, ys, color=c, lw=0.6, alpha=0.25)
+            ax.plot(xs, ema(ys, max(1.0, len(ys) / 25)), color=c, lw=1.6,
+                    label=f"{r.label} (train, smoothed)")
+        if val:
+            ax.plot([s * scale for s, _ in val], [v for _, v in val], color=c, ls="--",
+                    marker="o", ms=4, lw=1.0, label=f"{r.label} (validation)")
+    ax.set_xlabel("training tokens" if by_tokens else "step")
+    if by_tokens:
+        ax.xaxis.set_major_formatter(_tokens_formatter())
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title("loss curves: train (faint: raw, solid: smoothed), validation (dashed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(series) > 3 else 1)
+    fig.tight_layout()
+    return fig
+
+
+def _subplots(n: int, width: float = 4.2, height: float = 3.3):
+    plt = _pyplot()
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 0.6, height * rows), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _log2_lengths(ax, lengths: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [_fmt_tokens(L) for L in lengths])
+    ax.minorticks_off()
+
+
+def niah_length_figure(runs: Sequence[Run], kind: str = "generation"):
+    """Accuracy (%) against context length (tokens), one panel per eval window, one line per
+    run (its generation tasks averaged); the eval window as a dotted line."""
+    windows = sorted({w for r in runs for w in r.windows_of(kind)})
+    if not windows:
+        return None
+    colours = _colours(runs)
+    fig, axes = _subplots(len(windows))
+    every_length = set()
+    for ax, w in zip(axes, windows):
+        lengths_here = set()
+        for r in runs:
+            grid = merge_grids([x.grid for x in r.results_of(kind, w)])
+            if grid is None:
+                continue
+            pts = sorted((L, v) for L, v in by_length(grid).items() if v is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4,
+                        color=colours[r.label], label=r.label)
+                lengths_here |= {p[0] for p in pts}
+        if lengths_here:
+            _log2_lengths(ax, sorted(lengths_here))
+            if min(lengths_here) <= w <= max(lengths_here):
+                ax.axvline(w, color="gray", ls=":", lw=1)
+        every_length |= lengths_here
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"eval window {w} (dotted)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("NIAH accuracy against context length (generation tasks averaged)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _window_runs(runs: Sequence[Run]) -> List[Tuple[Run, tuple, str]]:
+    out = []
+    for r in runs:
+        tw = train_window(r)
+        if tw is not None:
+            out.append((r, *tw))
+    return sorted(out, key=lambda t: t[1])
+
+
+def window_scores_figure(runs: Sequence[Run]):
+    """Scores against the training window (categorical axis, ordered by the longest window):
+    NIAH and recall averages (%) per eval window, the short-context average (%), the final
+    validation loss (nats/token). Runs without S layers are left out (no training window)."""
+    wr = _window_runs([r for r in runs if r.exists])
+    if len(wr) < 1:
+        return None
+    labels = []
+    for _, _, label in wr:
+        if label not in labels:
+            labels.append(label)
+    x_of = {label: i for i, label in enumerate(labels)}
+    panels = []
+    for kind in ("generation", "probes"):
+        windows = sorted({w for r, _, _ in wr for w in r.windows_of(kind)})
+        if windows:
+            series = {}
+            for w in windows:
+                pts = [(x_of[lab], kind_mean(r, kind, w)) for r, _, lab in wr]
+                series[f"eval window {w}"] = [p for p in pts if p[1] is not None]
+            panels.append((KIND_WORDS[kind] + " (%)", series, True))
+    lm = [(x_of[lab], kind_mean(r, "lm_eval", r.primary_window("lm_eval"))) for r, _, lab in wr]
+    lm = [p for p in lm if p[1] is not None]
+    if lm:
+        panels.append((KIND_WORDS["lm_eval"] + " (%)", {"": lm}, True))
+    val = [(x_of[lab], r.final_val[0]) for r, _, lab in wr]
+    val = [p for p in val if p[1] is not None]
+    if val:
+        panels.append(("final validation loss (nats / token)", {"": val}, False))
+    if not panels:
+        return None
+    fig, axes = _subplots(len(panels), width=3.9, height=3.2)
+    for ax, (ylabel, series, percent) in zip(axes, panels):
+        for name, pts in series.items():
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=5,
+                    label=name or None)
+        ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0,
+                      fontsize=8)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel("training window (tokens)")
+        ax.set_ylabel(ylabel, fontsize=8)
+        if percent:
+            ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        if any(series):
+            if len(series) > 1 or next(iter(series)):
+                ax.legend(fontsize=7)
+    fig.suptitle("scores against the training window", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
+    """Train window x eval window: rows the runs (by training window), columns the eval
+    windows of their results, colour and number the kind's average (%)."""
+    import numpy as np
+
+    wr = _window_runs([r for r in runs if r.results_of(kind)])
+    windows = sorted({w for r, _, _ in wr for w in r.windows_of(kind)})
+    if not wr or not windows:
+        return None
+    labels = [lab for _, _, lab in wr]
+    rows = [lab if labels.count(lab) == 1 else f"{lab} ({r.label})" for r, _, lab in wr]
+    data = np.array([[np.nan if (v := kind_mean(r, kind, w)) is None else v for w in windows]
+                     for r, _, _ in wr], dtype=float)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(2.6 + 0.9 * len(windows), 1.5 + 0.42 * len(rows)), dpi=110)
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(windows)), [str(w) for w in windows])
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("eval window (tokens)")
+    ax.set_ylabel("training window (tokens)")
+    for i in range(len(rows)):
+        for j in range(len(windows)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    ax.set_title(f"train window x eval window: {KIND_WORDS[kind]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ppl_figure(runs: Sequence[Run]):
+    """Loss (nats/token) against position (tokens, bucket midpoints), one panel per eval
+    window, one line per run; the training length dashed, the eval window dotted."""
+    windows = sorted({w for r in runs for w in r.windows_of("ppl_by_position")})
+    if not windows:
+        return None
+    colours = _colours(runs)
+    fig, axes = _subplots(len(windows), width=4.6)
+    for ax, w in zip(axes, windows):
+        marks = set()
+        for r in runs:
+            for res in r.results_of("ppl_by_position", w):
+                ppl = res.ppl or {}
+                pts = [((b["start"] + b["end"]) / 2, b["loss"]) for b in ppl.get("buckets", [])
+                       if _num(b.get("loss")) is not None]
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ms=5,
+                        color=colours[r.label], label=r.label)
+                if isinstance(ppl.get("train_length"), int):
+                    marks.add(ppl["train_length"])
+        for i, L in enumerate(sorted(marks)):
+            ax.axvline(L, color="black", ls="--", lw=0.8,
+                       label="training length" if i == 0 else None)
+        ax.axvline(w, color="gray", ls=":", lw=1, label="eval window")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(_tokens_formatter())
+        ax.set_xlabel("position in the sequence (tokens)")
+        ax.set_ylabel("loss (nats / token)")
+        ax.set_title(f"eval window {w}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("loss by position (perplexity = exp(loss))", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_for(run: Run, window: int, kind: str = "generation"):
+    """The run's NIAH heatmap at one eval window (results.heatmap_figure of its generation
+    tasks' grids, averaged cell by cell)."""
+    from .results import heatmap_figure
+
+    results = run.results_of(kind, window)
+    grid = merge_grids([x.grid for x in results])
+    if grid is None:
+        return None
+    tasks = ", ".join(x.task for x in results)
+    m = grid.get("mean")
+    title = (f"{run.label}, eval window {window}\n{tasks}"
+             + (f" (mean {m:.1f}%)" if m is not None else ""))
+    return heatmap_figure(grid, title=title)
+
+
+def distance_for(runs: Sequence[Run], task: str, window: int):
+    """Recall by distance of one probe task at one eval window, one line per run
+    (results.distance_figure)."""
+    from .results import distance_figure
+
+    series = {}
+    for r in runs:
+        for x in r.results_of("probes", window):
+            if x.task == task and x.buckets and x.buckets.get("edges"):
+                series[r.label] = x.buckets
+    if not series:
+        return None
+    return distance_figure(series, title=f"{task}: recall by distance, eval window {window}")
+
+
+__all__ = ["distance_for", "ema", "heatmap_for", "loss_figure", "niah_length_figure",
+           "ppl_figure", "window_grid_figure", "window_scores_figure", "mean"]
