@@ -6,6 +6,8 @@
     swax slurm submit FILE [a.b=c ...] [--dry-run] [--no-check] [--script PATH]
     swax slurm job-env FILE [a.b=c ...] [--sweep-index I]      (for slurm/pretrain.sh)
     swax sweep submit FILE [a.b=c ...] [--parallel K] [--dry-run] [--no-check] [--script PATH]
+    swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
+                  [--temperature T --seed S]                  (needs the hf extra)
 
 A user error (a recipe typo, a bad override, a sweep index out of range, a recipe that does not
 fit the cluster) prints one line on stderr and exits with status 2; nothing is written or submitted.
@@ -139,6 +141,46 @@ def _cmd_sweep_submit(args) -> int:
     return _submit(plan, args.dry_run)
 
 
+def _cmd_generate(args) -> int:
+    """Stream a continuation of --prompt (swax_megatron.hf.generate); bad input: one line, exit 2."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    try:
+        from .hf.generate import generate
+    except ImportError as e:
+        print(f"swax: error: swax generate needs the hf extra (pip install 'swax_megatron[hf]'): {e}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from .hf.convert import bad_input_errors
+
+    try:
+        generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, window=args.window,
+                 step=args.step, temperature=args.temperature, seed=args.seed)
+    except bad_input_errors() as e:
+        text = str(e).strip().splitlines()
+        print(f"swax: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _command(subparsers, name: str, help: str, func) -> argparse.ArgumentParser:
     """A subcommand taking RECIPE [KEY=VALUE ...]."""
     p = subparsers.add_parser(name, help=help)
@@ -191,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--parallel", type=int, metavar="K",
                     help="at most K entries at once (default: slurm.array_parallelism, else all)")
     _submission_flags(ws, "slurm/sweep.sh")
+
+    gen = sub.add_parser("generate", help="stream a model's continuation of a prompt (hf extra)")
+    gen.add_argument("path", metavar="RUN_DIR_OR_HF_DIR",
+                     help="a Hugging Face export, or a run directory / checkpoint (converted in memory)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    gen.add_argument("--window", type=_positive_int, metavar="W",
+                     help="sliding window (default: the model's, model.swa.window)")
+    gen.add_argument("--step", type=_nonnegative_int, help="the checkpoint of this step (default: latest)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default: greedy)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.set_defaults(func=_cmd_generate)
     return parser
 
 

@@ -288,11 +288,20 @@ def read_checkpoint(source: Source) -> Checkpoint:
 
 # --- the megatron model -------------------------------------------------------------------------
 
+def pattern_for_layout(pattern: str, pp: int) -> str:
+    """`pattern` with its '|' stage markers where they make `pp` stages, else without them (the
+    same layers, split evenly): a PP=2 run's "XS|GX" is "XSGX" at PP=1."""
+    from ..config.pattern import expand, parse_stages
+
+    return pattern if len(parse_stages(pattern)) in (1, pp) else expand(pattern)
+
+
 def conversion_recipe(recipe, tp: int = 1, pp: int = 1):
     """The recipe as conversion builds it: the given layout, the plain torch kernels (CPU), no FP8
     (FP8 changes how layers compute, not which weights they hold)."""
     r = copy.deepcopy(recipe)
     r.parallel.tensor_model_parallel_size, r.parallel.pipeline_model_parallel_size = tp, pp
+    r.model.layer_pattern = pattern_for_layout(r.model.layer_pattern, pp)
     r.parallel.sequence_parallel = False
     r.model.attention_backend = "torch"
     r.model.mlstm.kernel = "torch"
@@ -582,7 +591,11 @@ def atomic_directory(final: str | os.PathLike):
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp (and some writers) make owner-only files
+            if path.is_dir():
+                os.chmod(path, 0o777 & ~umask)
+            elif path.is_file():
+                os.chmod(path, 0o666 & ~umask)
         if final.exists() or final.is_symlink():
             raise ConversionError(f"{final}: appeared while converting; the result was discarded")
         os.rename(tmp, final)
@@ -599,6 +612,10 @@ def _training_record(source: Source, common: Dict[str, Any], seq_length: int) ->
                            "train_loss": None, "train_loss_step": None, "val_loss": None,
                            "val_loss_step": None, "val_window": None}
     if source.run_dir is None:
+        # A checkpoint written by import_from_hf carries the record of the run it was exported from.
+        carried = common.get("export_training")
+        if isinstance(carried, dict) and carried.get("step") == step:
+            rec.update({k: carried.get(k) for k in rec})
         return rec
     from ..training.metrics import read_metrics
 
@@ -619,6 +636,13 @@ def _fmt_loss(value, step, extra: str = "") -> str:
     return f"{value:.4f} (step {step}{extra}{ppl})"
 
 
+def _run_name(c: Converted) -> str:
+    src, common = c.checkpoint.source, c.checkpoint.common
+    if src.run_dir is not None:
+        return src.run_dir.name
+    return str(common.get("run_name") or c.checkpoint.recipe.run.name)
+
+
 def model_card(c: Converted, record: Dict[str, Any], dtype_name: str) -> str:
     recipe, cfg = c.checkpoint.recipe, c.hf.config
     m = recipe.model
@@ -626,8 +650,7 @@ def model_card(c: Converted, record: Dict[str, Any], dtype_name: str) -> str:
     kinds = {v: k for k, v in LAYER_TYPES.items()}
     pattern = "".join(kinds[t] for t in cfg.layer_types)
     common = c.checkpoint.common
-    name = (c.checkpoint.source.run_dir.name if c.checkpoint.source.run_dir is not None
-            else recipe.run.name)
+    name = _run_name(c)
     window_note = f"{c.window}" + ("" if c.window == m.swa.window else f" (the recipe's model.swa.window is "
                                                                       f"{m.swa.window})")
     val_extra = f", window {record['val_window']}" if record.get("val_window") else ""
@@ -679,14 +702,15 @@ megatron-core and exported with `tools/convert_to_hf.py`.
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
 ids = tokenizer("To be, or not to be", return_tensors="pt")
 print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0]))
 ```
 
 Where `swax_megatron` is installed, `import swax_megatron.hf` registers the model and
-`trust_remote_code` is not needed. The sliding layers attend to the last `sliding_window` tokens
+`trust_remote_code` is not needed (AutoTokenizer reads config.json too, hence the flag there). The
+tokenizer alone loads with `PreTrainedTokenizerFast.from_pretrained("PATH")`. The sliding layers attend to the last `sliding_window` tokens
 (the query included); another window is a load-time choice:
 `AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True, sliding_window=W)`.
 Generation keeps a constant-size cache: a ring buffer of `sliding_window - 1` keys per sliding
@@ -706,7 +730,7 @@ The resolved training recipe (`swax recipe resolve`):
 def _export_info(c: Converted, record: Dict[str, Any], dtype_name: str) -> Dict[str, Any]:
     common, src = c.checkpoint.common, c.checkpoint.source
     return {
-        "format": EXPORT_FORMAT,
+        "format": EXPORT_FORMAT, "name": _run_name(c),
         "source": {"checkpoint": str(src.checkpoint), "run_dir": str(src.run_dir) if src.run_dir else None,
                    "layout": common.get("layout"), "config_hash": common.get("config_hash")},
         "dtype": dtype_name, "eval_window": c.window,
@@ -895,10 +919,7 @@ def recipe_for_import(config, info: Optional[Dict[str, Any]], hf_dir: Path, tp: 
         except RecipeError as e:
             raise ConversionError(f"{hf_dir}/config.json: no recipe can express it ({e})") from None
         fill_derived(recipe)
-    check = copy.deepcopy(recipe)
-    check.parallel.tensor_model_parallel_size, check.parallel.pipeline_model_parallel_size = tp, pp
-    check.parallel.sequence_parallel = False
-    check.slurm.nodes, check.slurm.gpus_per_node = 1, tp * pp
+    check = conversion_recipe(recipe, tp, pp)
     try:
         validate(check)
     except RecipeError as e:
@@ -1020,7 +1041,8 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
                               f"float16 throughout")
     dtype = getattr(torch, dtypes[0])
     info = info or {}
-    state = TrainState(**(info.get("train_state") or {}))
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    state = TrainState(**{k: v for k, v in (info.get("train_state") or {}).items() if k in known})
     if distributed_optimizer is None:
         recorded = info.get("use_distributed_optimizer")
         distributed_optimizer = bool(recorded) if recorded is not None else False
@@ -1033,6 +1055,7 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
         "window_schedule": info.get("window_schedule"), "lr_schedule": info.get("lr_schedule"),
         # No optimizer or RNG state: a weights-only checkpoint (checkpoint.finetune=true).
         "weights_only": True, "converted_from": str(hf_dir.resolve()),
+        "run_name": info.get("name"), "export_training": info.get("training"),
     }
     vocab = config.vocab_size
     with atomic_directory(out) as tmp:
