@@ -433,11 +433,10 @@ def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None) -> 
         fits = padded_vocab_size(n) == model_vocab if declared is None else (
             n <= declared and padded_vocab_size(declared) == model_vocab)
         if not fits:
-            rule = (f"model.vocab_size {declared}" if declared is not None else
-                    f"the run's tokenizer, padded to {padded_vocab_size(n)}")
-            raise ConversionError(f"{path}: this tokenizer's {n} pieces do not fit the model's vocabulary "
-                                  f"of {model_vocab} (set by {rule}): not the tokenizer it was "
-                                  f"trained with")
+            size = (f"{n} pieces (the recipe's model.vocab_size is {declared})" if declared is not None
+                    else f"{n} pieces (padded to {padded_vocab_size(n)})")
+            raise ConversionError(f"{path}: {size} do not fit the model's vocabulary of {model_vocab}: not "
+                                  f"the tokenizer it was trained with")
         hf = hf_tokenizer_from_sentencepiece(path)
         return Tokenizer(hf, str(path), n, sp.fingerprint, token_ids(path))
 
@@ -1034,7 +1033,10 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
         if not fits:
             raise ConversionError(f"{hf_dir / 'tokenizer.json'}: its {pieces} tokens do not fit the model's "
                                   f"vocabulary of {config.vocab_size} (vocab_size in config.json)")
-    megatron_state = hf_to_megatron(tensors, config)
+    try:
+        megatron_state = hf_to_megatron(tensors, config)
+    except ConversionError as e:
+        raise ConversionError(f"{hf_dir}: {e}") from None
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in megatron_state.values()})
     if len(dtypes) != 1 or dtypes[0] not in ("float32", "bfloat16", "float16"):
         raise ConversionError(f"{hf_dir}: weights in {', '.join(dtypes)}; expected one of float32, bfloat16, "

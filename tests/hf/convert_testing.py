@@ -128,16 +128,18 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def rewrite_common(checkpoint: Path, edit) -> None:
-    """Change a checkpoint's common state (`edit(common)`; the recipe's config hash follows it) and
-    rewrite its manifest, so it looks intact: a consistent checkpoint of another model."""
+def rewrite_common(checkpoint: Path, edit, keep_hash: bool = False) -> None:
+    """Change a checkpoint's common state (`edit(common)`; the recipe's config hash follows it
+    unless `keep_hash`) and rewrite its manifest, so it looks intact: a consistent checkpoint of
+    another model."""
     from swax_megatron.config.resolve import config_hash
     from swax_megatron.hf.convert import recipe_from_dict
     from swax_megatron.training.checkpoint import MANIFEST, file_digest
 
     common = torch.load(checkpoint / "common.pt", weights_only=False)
     edit(common)
-    common["config_hash"] = config_hash(recipe_from_dict(common["recipe"], "test"))
+    if not keep_hash:
+        common["config_hash"] = config_hash(recipe_from_dict(common["recipe"], "test"))
     torch.save(common, checkpoint / "common.pt")
     manifest = json.loads((checkpoint / MANIFEST).read_text())
     manifest["files"]["common.pt"] = file_digest(checkpoint / "common.pt")
