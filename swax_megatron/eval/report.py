@@ -306,14 +306,22 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
                     "NIAH accuracy against context length"),
            figs.add("window_grid_niah", plots.window_grid_figure(present, "generation"),
                     "train window x eval window grid (NIAH)"),
-           figs.add("scores_by_train_window", plots.window_scores_figure(present),
-                    "scores against the training window")]
+           figs.add("scores_by_train_window",
+                    plots.window_scores_figure(present, ("generation", "lm_eval")),
+                    "long-context (NIAH) and short-context scores against the training window")]
     top = [t for t in top if t]
     if top:
         blocks.append(Figures(top))
     blocks.append(Fold())
 
     blocks.append(Heading(2, "Details"))
+    f = figs.add("more_scores_by_train_window",
+                 plots.window_scores_figure(present, ("probes", "val_loss"),
+                                            title="recall and validation loss against the "
+                                                  "training window"),
+                 "recall and validation loss against the training window")
+    if f:
+        blocks.append(Figures([f]))
     t = niah_length_table(present)
     if t is not None:
         tasks = sorted({x.task for r in present for x in r.results_of("generation")})
@@ -427,7 +435,7 @@ def _inline(text: str) -> str:
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em auto;
-max-width:1500px;padding:0 1em;color:#1d1d1f}
+max-width:1600px;padding:0 1em;color:#1d1d1f}
 h1{font-size:1.5em;margin:.2em 0 .3em}h2{font-size:1.25em;margin-top:1.2em}
 h3{font-size:1.08em;margin:1.1em 0 .4em}p{margin:.35em 0}
 table{border-collapse:collapse;margin:.4em 0 .8em;font-size:13px}

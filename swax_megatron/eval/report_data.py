@@ -39,7 +39,7 @@ class Result:
     path: Path
     task: str
     kind: str
-    window: Optional[int]
+    window: int
     step: Optional[int]
     settings_hash: str
     created: str
@@ -232,10 +232,11 @@ def read_result(path: Path) -> Tuple[Optional[Result], Optional[str]]:
     if not isinstance(task, str) or kind not in KINDS:
         return None, f"{path.name}: no task or an unknown kind {kind!r}"
     window = data.get("window")
+    if isinstance(window, bool) or not isinstance(window, int):
+        return None, f"{path.name}: no eval window (an integer), got {window!r}"
     ck = data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else {}
     step = ck.get("step")
-    return Result(path=path, task=task, kind=kind,
-                  window=window if isinstance(window, int) and not isinstance(window, bool) else None,
+    return Result(path=path, task=task, kind=kind, window=window,
                   step=step if isinstance(step, int) else None,
                   settings_hash=str(data.get("settings_hash", "")), created=str(data.get("created", "")),
                   score=_num(data.get("score")), data=data), None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .report_data import (Run, by_length, kind_mean, merge_grids, mean, train_window, _num)
+from .report_data import Run, by_length, kind_mean, merge_grids, train_window, _num
 from .results import _fmt_tokens, _pyplot
 
 KIND_WORDS = {"generation": "NIAH (generation tasks) average",
@@ -21,10 +21,14 @@ def _colours(runs: Sequence[Run]) -> Dict[str, tuple]:
     return {r.label: cmap(i % cmap.N) for i, r in enumerate(runs)}
 
 
-def _tokens_formatter():
+def _tokens_formatter(binary: bool = False):
+    """Tick labels 50k, 1.5M (binary: 1k = 1024 tokens where the value is a multiple of 1024,
+    as the context lengths are)."""
     from matplotlib.ticker import FuncFormatter
 
     def fmt(x, _pos):
+        if x >= 1024 and float(x).is_integer() and int(x) % 1024 == 0 and binary:
+            return _fmt_tokens(int(x))
         for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
             if abs(x) >= div:
                 return f"{x / div:g}{unit}"
@@ -59,38 +63,46 @@ def loss_figure(runs: Sequence[Run]):
     by_tokens = all(r.tokens_per_step for r, _, _ in series)
     plt = _pyplot()
     colours = _colours(runs)
-    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.2, 3.0), dpi=110, layout="constrained")
     for r, train, val in series:
         scale = r.tokens_per_step if by_tokens else 1
         c = colours[r.label]
         if train:
             xs, ys = [s * scale for s, _ in train], [v for _, v in train]
             ax.plot(xs, ys, color=c, lw=0.6, alpha=0.25)
-            ax.plot(xs, ema(ys, max(1.0, len(ys) / 25)), color=c, lw=1.6,
-                    label=f"{r.label} (train, smoothed)")
+            ax.plot(xs, ema(ys, max(1.0, len(ys) / 25)), color=c, lw=1.6, label=r.label)
         if val:
             ax.plot([s * scale for s, _ in val], [v for _, v in val], color=c, ls="--",
-                    marker="o", ms=4, lw=1.0, label=f"{r.label} (validation)")
+                    marker="o", ms=4, lw=1.0, label=None if train else r.label)
     ax.set_xlabel("training tokens" if by_tokens else "step")
     if by_tokens:
         ax.xaxis.set_major_formatter(_tokens_formatter())
     ax.set_ylabel("loss (nats / token)")
-    ax.set_title("loss curves: train (faint: raw, solid: smoothed), validation (dashed)", fontsize=9)
+    ax.set_title("train (faint: raw, solid: smoothed), validation (dashed)", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(series) > 3 else 1)
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside right upper")
     return fig
 
 
 def _subplots(n: int, width: float = 4.2, height: float = 3.3):
     plt = _pyplot()
-    cols = min(n, 3)
+    cols = 2 if n == 4 else min(n, 3)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 0.6, height * rows), dpi=110,
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+def _run_legend(fig, axes) -> None:
+    """One legend for the figure, right of the panels: every label any panel has, once."""
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="outside right upper")
 
 
 def _log2_lengths(ax, lengths: Sequence[int]) -> None:
@@ -106,8 +118,7 @@ def niah_length_figure(runs: Sequence[Run], kind: str = "generation"):
     if not windows:
         return None
     colours = _colours(runs)
-    fig, axes = _subplots(len(windows))
-    every_length = set()
+    fig, axes = _subplots(len(windows), width=3.3, height=3.0)
     for ax, w in zip(axes, windows):
         lengths_here = set()
         for r in runs:
@@ -122,16 +133,14 @@ def niah_length_figure(runs: Sequence[Run], kind: str = "generation"):
         if lengths_here:
             _log2_lengths(ax, sorted(lengths_here))
             if min(lengths_here) <= w <= max(lengths_here):
-                ax.axvline(w, color="gray", ls=":", lw=1)
-        every_length |= lengths_here
+                ax.axvline(w, color="gray", ls=":", lw=1, label="eval window")
         ax.set_ylim(-2, 102)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"eval window {w} (dotted)", fontsize=9)
+        ax.set_title(f"eval window {w} tokens", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("NIAH accuracy against context length (generation tasks averaged)", fontsize=10)
-    fig.tight_layout()
+    _run_legend(fig, axes)
+    fig.suptitle("NIAH accuracy against context length", fontsize=10)
     return fig
 
 
@@ -144,43 +153,63 @@ def _window_runs(runs: Sequence[Run]) -> List[Tuple[Run, tuple, str]]:
     return sorted(out, key=lambda t: t[1])
 
 
-def window_scores_figure(runs: Sequence[Run]):
-    """Scores against the training window (categorical axis, ordered by the longest window):
-    NIAH and recall averages (%) per eval window, the short-context average (%), the final
-    validation loss (nats/token). Runs without S layers are left out (no training window)."""
+SCORE_PANELS = ("generation", "probes", "lm_eval", "val_loss")
+
+
+def window_scores_figure(runs: Sequence[Run], panels: Sequence[str] = SCORE_PANELS, *,
+                         title: str = "scores against the training window"):
+    """Scores against the training window (categorical axis, ordered by the longest window),
+    one panel per entry of `panels` that has data: "generation" / "probes" (NIAH / recall
+    average, %, a line per eval window), "lm_eval" (short-context average, %, at each run's
+    window), "val_loss" (final validation loss, nats/token). Lines join fixed-window runs;
+    stochastic and list schedules are diamonds. Runs without S layers have no training window
+    and are left out."""
     wr = _window_runs([r for r in runs if r.exists])
-    if len(wr) < 1:
+    if not wr:
         return None
     labels = []
     for _, _, label in wr:
         if label not in labels:
             labels.append(label)
     x_of = {label: i for i, label in enumerate(labels)}
-    panels = []
-    for kind in ("generation", "probes"):
-        windows = sorted({w for r, _, _ in wr for w in r.windows_of(kind)})
-        if windows:
+    drawn = []
+    for panel in panels:
+        if panel in ("generation", "probes"):
+            windows = sorted({w for r, _, _ in wr for w in r.windows_of(panel)})
             series = {}
             for w in windows:
-                pts = [(x_of[lab], kind_mean(r, kind, w)) for r, _, lab in wr]
+                pts = [(x_of[lab], kind_mean(r, panel, w), key[1] == 0) for r, key, lab in wr]
                 series[f"eval window {w}"] = [p for p in pts if p[1] is not None]
-            panels.append((KIND_WORDS[kind] + " (%)", series, True))
-    lm = [(x_of[lab], kind_mean(r, "lm_eval", r.primary_window("lm_eval"))) for r, _, lab in wr]
-    lm = [p for p in lm if p[1] is not None]
-    if lm:
-        panels.append((KIND_WORDS["lm_eval"] + " (%)", {"": lm}, True))
-    val = [(x_of[lab], r.final_val[0]) for r, _, lab in wr]
-    val = [p for p in val if p[1] is not None]
-    if val:
-        panels.append(("final validation loss (nats / token)", {"": val}, False))
-    if not panels:
+            if windows:
+                drawn.append((KIND_WORDS[panel] + " (%)", series, True))
+        elif panel == "lm_eval":
+            lm = [(x_of[lab], kind_mean(r, "lm_eval", r.primary_window("lm_eval")),
+                   key[1] == 0) for r, key, lab in wr]
+            lm = [p for p in lm if p[1] is not None]
+            if lm:
+                drawn.append((KIND_WORDS["lm_eval"] + " (%)", {"": lm}, True))
+        elif panel == "val_loss":
+            val = [(x_of[lab], r.final_val[0], key[1] == 0) for r, key, lab in wr]
+            val = [p for p in val if p[1] is not None]
+            if val:
+                drawn.append(("final validation loss (nats / token)", {"": val}, False))
+        else:
+            raise ValueError(f"unknown panel {panel!r}; expected one of {SCORE_PANELS}")
+    if not drawn:
         return None
-    fig, axes = _subplots(len(panels), width=3.9, height=3.2)
+    panels = drawn
+    fig, axes = _subplots(len(panels), width=3.4, height=3.0)
     for ax, (ylabel, series, percent) in zip(axes, panels):
-        for name, pts in series.items():
-            pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=5,
-                    label=name or None)
+        for i, (name, pts) in enumerate(series.items()):
+            c = f"C{i}"
+            fixed = sorted((x, y) for x, y, f in pts if f)  # a line through the fixed windows
+            other = sorted((x, y) for x, y, f in pts if not f)  # stochastic / list: points
+            if fixed:
+                ax.plot([p[0] for p in fixed], [p[1] for p in fixed], marker="o", ms=5, color=c,
+                        label=name or None)
+            if other:
+                ax.plot([p[0] for p in other], [p[1] for p in other], ls="none", marker="D",
+                        ms=5, color=c, label=None if fixed else (name or None))
         ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0,
                       fontsize=8)
         ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -189,11 +218,10 @@ def window_scores_figure(runs: Sequence[Run]):
         if percent:
             ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        if any(series):
-            if len(series) > 1 or next(iter(series)):
-                ax.legend(fontsize=7)
-    fig.suptitle("scores against the training window", fontsize=10)
-    fig.tight_layout()
+        if len(series) > 1 or next(iter(series)):
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}\n(line: fixed windows; diamond: stochastic or list schedule)",
+                 fontsize=9)
     return fig
 
 
@@ -211,7 +239,8 @@ def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
     data = np.array([[np.nan if (v := kind_mean(r, kind, w)) is None else v for w in windows]
                      for r, _, _ in wr], dtype=float)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(2.6 + 0.9 * len(windows), 1.5 + 0.42 * len(rows)), dpi=110)
+    fig, ax = plt.subplots(figsize=(2.8 + 0.9 * len(windows), 1.5 + 0.42 * len(rows)), dpi=110,
+                           layout="constrained")
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(windows)), [str(w) for w in windows])
@@ -223,8 +252,7 @@ def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
-    ax.set_title(f"train window x eval window: {KIND_WORDS[kind]}", fontsize=9)
-    fig.tight_layout()
+    ax.set_title(f"train window x eval window:\n{KIND_WORDS[kind]}", fontsize=9)
     return fig
 
 
@@ -254,14 +282,13 @@ def ppl_figure(runs: Sequence[Run]):
                        label="training length" if i == 0 else None)
         ax.axvline(w, color="gray", ls=":", lw=1, label="eval window")
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(_tokens_formatter())
+        ax.xaxis.set_major_formatter(_tokens_formatter(binary=True))
         ax.set_xlabel("position in the sequence (tokens)")
         ax.set_ylabel("loss (nats / token)")
-        ax.set_title(f"eval window {w}", fontsize=9)
+        ax.set_title(f"eval window {w} tokens", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("loss by position (perplexity = exp(loss))", fontsize=10)
-    fig.tight_layout()
+    _run_legend(fig, axes)
+    fig.suptitle("loss by position", fontsize=10)
     return fig
 
 
@@ -297,4 +324,4 @@ def distance_for(runs: Sequence[Run], task: str, window: int):
 
 
 __all__ = ["distance_for", "ema", "heatmap_for", "loss_figure", "niah_length_figure",
-           "ppl_figure", "window_grid_figure", "window_scores_figure", "mean"]
+           "ppl_figure", "window_grid_figure", "window_scores_figure"]
