@@ -33,12 +33,12 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..files import atomic_write
 from . import report_plots as plots
 from .report_data import (Ablation, ReportInputError, Run, by_length, collect, kind_mean,
-                          merge_grids, schedule_text, train_window, _num)
+                          merge_grids, schedule_text, _num)
 from .results import _fmt_tokens, _pyplot, _save
 
 DASH = "—"

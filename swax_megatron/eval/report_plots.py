@@ -5,7 +5,7 @@ by distance) are results.heatmap_figure and results.distance_figure."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .report_data import Run, by_length, kind_mean, merge_grids, train_window, _num
 from .results import _fmt_tokens, _pyplot

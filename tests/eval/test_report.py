@@ -309,6 +309,10 @@ def test_figure_labels(ablation):
     assert fig.axes[0].get_ylabel() == "accuracy (%)"
     fig = plots.window_scores_figure(runs)
     assert {a.get_xlabel() for a in fig.axes if a.get_visible()} == {"training window (tokens)"}
+    assert len([a for a in fig.axes if a.get_visible()]) == 4  # NIAH, recall, lm-eval, val loss
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -425,3 +429,42 @@ def test_html_renders_in_chromium(ablation, tmp_path):
     for complete, w, h, alt in seen:
         assert complete and (w, h) == expected[alt], (alt, w, h)
     assert int(re.search(r'data-tables="(\d+)"', p.stdout).group(1)) >= 6
+
+
+# -- aggregation units ---------------------------------------------------------------------------
+
+def test_merge_grids_weighs_tasks_equally():
+    from swax_megatron.eval.report_data import by_length, merge_grids
+
+    a = _grid("niah_single_1", {256: [1, 1, 1], 1024: [1, 0, 0.5]})
+    b = accuracy_grid([{"task": "niah_multikey_1", "length": L, "depth": 50.0, "score": s}
+                       for L, s in ((1024, 0.2), (1024, 0.4), (4096, 1.0))])
+    m = merge_grids([a, b])
+    assert m["lengths"] == [256, 1024, 4096] and m["depths"] == [0.0, 50.0, 100.0]
+    assert m["matrix"][1] == [100.0, pytest.approx(15.0), 100.0]  # (0 + 30) / 2 at 1k, 50%
+    assert m["matrix"][0] == [100.0, 100.0, None]
+    assert m["counts"][1] == [1, 3, 1]
+    assert by_length(m) == {256: 100.0, 1024: pytest.approx((50 + 30) / 2), 4096: 100.0}
+    assert m["mean"] == pytest.approx((75 + 160 / 3) / 2)
+    assert merge_grids([a]) is a and merge_grids([]) is None
+
+
+def test_headline_window_named_when_it_differs(tmp_path):
+    """A run's lm-eval results at another window than its NIAH ones: the cell says which."""
+    from swax_megatron.eval.report import runs_table
+    from swax_megatron.eval.report_data import load_run
+
+    r = resolve(str(REPO / "recipes/tiny/swax.yaml"), [f"run.output_root={tmp_path}"])
+    run_dir = Path(r.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved.yaml").write_text(r.to_yaml())
+    g = _grid("niah_single_1", {256: [1, 0, 1]})
+    _result(run_dir, "niah_single_1", "generation", 128, score=g["mean"], extra={"grid": g})
+    _result(run_dir, "lm_eval:tiny_mc", "lm_eval", 2048, score=61.25)
+    _result(run_dir, "passkey", "generation", 128, score=None, extra={"grid": _grid(
+        "passkey", {256: [1, 1, 1]})})  # score null: the grid's mean counts
+    table = runs_table([load_run(run_dir)])
+    row = dict(zip(table.header, table.rows[0]))
+    assert row["eval window"] == "128" and row["NIAH avg (%)"] == "83.3"  # (66.7 + 100) / 2
+    assert row["short-context avg (%)"] == "61.2 (w=2048)"
+    assert row["status"] == "not started"
