@@ -152,8 +152,9 @@ def _cmd_generate(args) -> int:
         print(f"swax: error: swax generate needs the hf extra (pip install 'swax_megatron[hf]'): {e}",
               file=sys.stderr)
         return EXIT_USAGE
-    from .hf.convert import bad_input_errors
+    from .hf.convert import bad_input_errors, quiet
 
+    quiet()
     try:
         generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, window=args.window,
                  step=args.step, temperature=args.temperature, seed=args.seed)

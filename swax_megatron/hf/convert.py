@@ -339,6 +339,9 @@ def build_megatron(recipe, vocab_size: int, dtype: torch.dtype = torch.float32, 
                                    pipeline_dtype=dtype, bf16=False, fp16=False,
                                    use_cpu_initialization=True, perform_initialization=False)
     check_expressible(model.config)
+    if dtype != torch.float32:
+        # As megatron's Float16Module casts a bf16/fp16 model whole (norms included) in training.
+        model = model.to(dtype)
     return model.eval()
 
 
@@ -1082,6 +1085,17 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
 
 # --- command lines (tools/convert_to_hf.py, tools/convert_from_hf.py) ----------------------------
 
+def quiet() -> None:
+    """Command lines: no megatron warnings about optional GPU extensions and deprecations, no
+    transformers progress bars (the tools print what they did)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", module=r"megatron(\.|$)")
+    hf_logging.disable_progress_bar()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
@@ -1127,6 +1141,7 @@ def to_hf_parser() -> argparse.ArgumentParser:
 def main_to_hf(argv: Optional[List[str]] = None) -> int:
     args = to_hf_parser().parse_args(argv)
     prog = "convert_to_hf.py"
+    quiet()
     try:
         result = export_to_hf(args.source, args.out, step=args.step, dtype=args.dtype, window=args.window,
                               verify=args.verify, tokenizer=args.tokenizer,
@@ -1163,6 +1178,7 @@ def from_hf_parser() -> argparse.ArgumentParser:
 def main_from_hf(argv: Optional[List[str]] = None) -> int:
     args = from_hf_parser().parse_args(argv)
     prog = "convert_from_hf.py"
+    quiet()
     try:
         result = import_from_hf(args.hf_dir, args.out, tp=args.tp, pp=args.pp,
                                 distributed_optimizer=args.distributed_optimizer)

@@ -194,22 +194,28 @@ def test_swax_generate_streams_a_run(tmp_path_factory, capsys):
 
 
 def test_sharded_bf16_export_round_trips(tmp_path_factory):
-    """bf16 weights in shards with an index: verify passes at the bf16 bound; the import reads the
-    shards, and a bf16 export of it is bitwise the first."""
+    """bf16 weights in shards with an index, at another window: verify passes at the bf16 bound on
+    sequences longer than that window; the import reads the shards and stores bf16 (the original
+    weights rounded), and an export of that bf16 checkpoint (its dtype by default) is bitwise the
+    first."""
     from safetensors.torch import load_file
 
     from swax_megatron.hf.convert import export_to_hf, import_from_hf
 
     base = tmp_path_factory.getbasetemp() / "hf_convert"
     lines = []
-    out = export_to_hf(run(tmp_path_factory, "tp2"), base / "hf_bf16", dtype="bf16", verify=True,
-                       max_shard_size="200KB", report=lines.append).out
-    assert "at bf16" in lines[0]
+    result = export_to_hf(run(tmp_path_factory, "tp2"), base / "hf_bf16", dtype="bf16", verify=True, window=32,
+                          max_shard_size="200KB", report=lines.append)
+    out = result.out
+    assert "at bf16" in lines[0] and result.verify.shape == (2, 64) and result.verify.ok, lines[0]
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and all((out / s).is_file() for s in shards)
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["sliding_window"] == 32
     import_from_hf(out, base / "back_bf16")
+    fp32, bf16 = megatron_state(latest(run(tmp_path_factory, "tp2"))), megatron_state(base / "back_bf16")
+    assert all(bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], v.to(torch.bfloat16)) for k, v in fp32.items())
     again = export_to_hf(base / "back_bf16", base / "hf_bf16_again", max_shard_size="200KB").out
 
     def weights(d):
@@ -217,3 +223,20 @@ def test_sharded_bf16_export_round_trips(tmp_path_factory):
 
     a, b = weights(out), weights(again)
     assert a.keys() == b.keys() and all(v.dtype == torch.bfloat16 and torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_tools_front_ends(tmp_path_factory, tmp_path):
+    """The scripts themselves (cold interpreters): bad input is one line and exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "taken").mkdir()
+    for tool, source in (("convert_to_hf.py", run(tmp_path_factory, "pp2")),
+                         ("convert_from_hf.py", export(tmp_path_factory, "pp2")[0])):
+        proc = subprocess.run([sys.executable, str(repo / "tools" / tool), str(source), "--out",
+                               str(tmp_path / "taken")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"{tool}: error: {tmp_path / 'taken'}: already exists; choose a new output " \
+                                      f"directory (nothing was written)"
