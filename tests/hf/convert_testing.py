@@ -73,6 +73,25 @@ def train(tmp_path_factory, name: str, extra=(), *, steps: int = STEPS, world: i
     return _CACHE[key]
 
 
+def train_on_embedded_corpus(tmp_path_factory) -> Path:
+    """A 2-step single-process run on the default data (embedded corpus, default tokenizer of 512
+    pieces, trained into <output_root>/.cache)."""
+    key = "run:embedded"
+    if key not in _CACHE:
+        out = _root(tmp_path_factory) / "embedded"
+        argv = [TINY_RECIPE, f"run.output_root={out / 'runs'}", "data.tokenizer_vocab_size=512",
+                "model.hidden_size=64", "model.num_layers=2", "model.layer_pattern=XS",
+                "model.num_attention_heads=4", "model.mlstm.num_heads=2", "model.mlstm.chunk_size=32",
+                "model.swa.window=64", "train.seq_length=128", "train.micro_batch_size=2",
+                "train.global_batch_size=4", "train.steps=2", "train.eval_every=2", "train.eval_iters=1",
+                "train.window_schedule.short=16", "train.window_schedule.long=64", "optim.warmup_steps=1",
+                "checkpoint.every_steps=2", "checkpoint.every_minutes=null", "slurm.gpus_per_node=1"]
+        launch = fork_run(argv, 1, out / "logs", timeout=180)
+        assert launch.codes == [0], launch.log
+        _CACHE[key] = find_run_dir(out / "runs")
+    return _CACHE[key]
+
+
 def run(tmp_path_factory, layout: str) -> Path:
     return train(tmp_path_factory, layout, RUNS[layout])
 
@@ -155,5 +174,5 @@ def first_train_loss(run_dir: Path) -> float:
     return next(r["loss"] for r in train_records(run_dir) if r["kind"] == "train")
 
 
-__all__ = ["RUNS", "LAYOUT_FLAGS", "corpus", "train", "run", "export", "other_tokenizer", "megatron_state",
+__all__ = ["RUNS", "LAYOUT_FLAGS", "corpus", "train", "train_on_embedded_corpus", "run", "export", "other_tokenizer", "megatron_state",
            "latest", "copy_run", "rewrite_common", "leftovers", "first_train_loss", "os"]

