@@ -890,7 +890,7 @@ def recipe_for_import(config, info: Optional[Dict[str, Any]], hf_dir: Path, tp: 
     from ..config import loader
     from ..config.errors import RecipeError
     from ..config.resolve import fill_derived, hash_diff
-    from ..config.schema import MLSTMConfig, ModelConfig, Recipe
+    from ..config.schema import MLSTMConfig, Recipe
     from ..config.validate import validate
 
     fields = recipe_model_fields(config)
@@ -1079,7 +1079,11 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
             model = build_megatron(recipe, vocab, dtype)
             model_state = {k: v for k, v in model.state_dict().items() if k.endswith("_extra_state")}
             model_state.update(megatron_state)
-            result = model.load_state_dict(model_state, strict=True)  # noqa: F841 - raises on a mismatch
+            try:
+                model.load_state_dict(model_state, strict=True)
+            except RuntimeError as e:  # the recipe's model and config.json disagree
+                raise ConversionError(f"{hf_dir}: the weights do not fit the recipe's model: "
+                                      f"{_first_line(e)}") from None
             target = final if tp * pp == 1 else tmp / ".tp1"
             target.mkdir()
             _save_checkpoint(model, target, common if tp * pp == 1 else

@@ -22,9 +22,8 @@ def load_model(path: str, *, window: Optional[int] = None, step: Optional[int] =
 
     p = Path(path)
     if (p / "config.json").is_file():
+        # model_type "swax" is registered: this module is part of swax_megatron.hf.
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from . import SwaxHFConfig  # noqa: F401 - registers model_type "swax"
 
         if step is not None:
             raise ConversionError(f"{p}: --step applies to run directories and checkpoints, not to an export")
