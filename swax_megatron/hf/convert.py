@@ -889,12 +889,13 @@ def recipe_for_import(config, info: Optional[Dict[str, Any]], hf_dir: Path, tp: 
     defaults elsewhere). Validated at the target layout."""
     from ..config import loader
     from ..config.errors import RecipeError
+    from ..config.pattern import expand
     from ..config.resolve import fill_derived, hash_diff
     from ..config.schema import MLSTMConfig, Recipe
     from ..config.validate import validate
 
     fields = recipe_model_fields(config)
-    heads = MLSTMConfig(**{k: v for k, v in fields["mlstm"].items()}).head_dims(config.hidden_size)
+    heads = MLSTMConfig(**fields["mlstm"]).head_dims(config.hidden_size)
     if heads != (config.mlstm_qk_head_dim, config.mlstm_v_head_dim):
         raise ConversionError(f"mLSTM head dims {config.mlstm_qk_head_dim} / {config.mlstm_v_head_dim} are not "
                               f"hidden_size x a factor / heads: a recipe cannot express them")
@@ -910,11 +911,11 @@ def recipe_for_import(config, info: Optional[Dict[str, Any]], hf_dir: Path, tp: 
             else:
                 theirs[key] = value
         theirs["swa"] = mine["swa"]  # the evaluation window may be changed in config.json
-        for k in ("layer_pattern",):  # '|' stage markers: the same layers
-            from ..config.pattern import expand
-
-            if expand(mine[k]) == fields[k]:
-                theirs[k] = mine[k]
+        if expand(mine["layer_pattern"]) == fields["layer_pattern"]:
+            theirs["layer_pattern"] = mine["layer_pattern"]  # '|' stage markers: the same layers
+        if MLSTMConfig(**mine["mlstm"]).head_dims(config.hidden_size) == heads:
+            for k in ("qk_dim_factor", "v_dim_factor"):  # the same dims, however the factor is written
+                theirs["mlstm"][k] = mine["mlstm"][k]
         diff = hash_diff({"model": mine}, {"model": theirs})
         if diff:
             raise ConversionError(f"{hf_dir}: config.json describes another model than the recipe in "
