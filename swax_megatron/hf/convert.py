@@ -188,25 +188,7 @@ def single_process_world(seed: int = DEFAULT_SEED):
         distributed.init_model_parallel(1, 1, seed)
         yield
     finally:
-        distributed.teardown()
-        release_stale_groups()
-
-
-def release_stale_groups() -> None:
-    """Drop the process groups megatron-core 0.16.1's destroy_model_parallel leaves in
-    parallel_state (_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP and its gloo twin) and collect them
-    here. Left in place, a process forked later (tools/convert_from_hf.py --tp/--pp, the test
-    harnesses) inherits them, and its own initialize_model_parallel, overwriting the global, runs
-    their destructor, which waits forever for threads that exist only in the parent."""
-    import gc
-
-    from megatron.core import parallel_state
-
-    group_type = torch.distributed.ProcessGroup
-    for name, value in list(vars(parallel_state).items()):
-        if isinstance(value, group_type):
-            setattr(parallel_state, name, None)
-    gc.collect()
+        distributed.teardown()  # also drops the groups megatron leaves behind
 
 
 def recipe_from_dict(data: Any, where: str):
@@ -784,7 +766,7 @@ def export_to_hf(src: str | os.PathLike, out: str | os.PathLike, *, step: Option
             if not result.verify.ok:
                 raise VerificationFailed(f"{source.checkpoint}: the Hugging Face model does not reproduce the "
                                          f"megatron model ({result.verify.line()}); nothing was written")
-        c.megatron = None  # holds process groups: freed with the world (release_stale_groups)
+        c.megatron = None  # holds process groups: freed with the world (distributed.teardown)
     dtype_name = {v: k for k, v in DTYPES.items()}[c.dtype]
     record = _training_record(source, c.checkpoint.common, c.checkpoint.recipe.train.seq_length)
     with atomic_directory(out) as tmp:
@@ -802,7 +784,7 @@ def load_for_generation(src: str | os.PathLike, *, step: Optional[int] = None, w
     source = find_source(src, step)
     with single_process_world():
         c = convert_checkpoint(source, dtype="fp32", window=window, tokenizer=tokenizer)
-        c.megatron = None  # holds process groups: freed with the world (release_stale_groups)
+        c.megatron = None  # holds process groups: freed with the world (distributed.teardown)
     return c.hf, c.tokenizer.hf
 
 
@@ -1018,13 +1000,12 @@ class ImportResult:
     layout: Dict[str, int]
 
 
-def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int = 1, pp: int = 1,
-                   distributed_optimizer: Optional[bool] = None) -> ImportResult:
+def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int = 1,
+                   pp: int = 1) -> ImportResult:
     """Write a swax_megatron checkpoint root (`iter_NNNNNNN/` with manifest, and `latest`) holding
     the weights of an export, saved at (tp, pp). It has no optimizer or RNG state: start from it
-    with `checkpoint.load=OUT checkpoint.finetune=true`. `distributed_optimizer`: the
-    parallel.use_distributed_optimizer recorded for the run that loads it (the trainer compares it;
-    default: the exported run's, else False)."""
+    with `checkpoint.load=OUT checkpoint.finetune=true` (the trainer then reads the weights only,
+    whatever the loading run's optimizer layout)."""
     from ..config.resolve import config_hash
     from ..config.yaml_io import dump_yaml
     from ..models.config import padded_vocab_size
@@ -1059,9 +1040,8 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
     info = info or {}
     known = {f.name for f in dataclasses.fields(TrainState)}
     state = TrainState(**{k: v for k, v in (info.get("train_state") or {}).items() if k in known})
-    if distributed_optimizer is None:
-        recorded = info.get("use_distributed_optimizer")
-        distributed_optimizer = bool(recorded) if recorded is not None else False
+    # Provenance only: a weights-only start reads no optimizer state.
+    distributed_optimizer = bool(info.get("use_distributed_optimizer"))
     common = {
         "format_version": FORMAT_VERSION, "recipe": dataclasses.asdict(recipe),
         "recipe_yaml": info.get("recipe_yaml") or dump_yaml(dataclasses.asdict(recipe)),
@@ -1182,11 +1162,6 @@ def from_hf_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint root to write (must not exist)")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size to save at")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline parallel size to save at")
-    opt = p.add_mutually_exclusive_group()
-    opt.add_argument("--distributed-optimizer", dest="distributed_optimizer", action="store_true",
-                     default=None, help="record parallel.use_distributed_optimizer=true (the trainer "
-                                        "compares it with its recipe; default: the exported run's)")
-    opt.add_argument("--no-distributed-optimizer", dest="distributed_optimizer", action="store_false")
     return p
 
 
@@ -1195,8 +1170,7 @@ def main_from_hf(argv: Optional[List[str]] = None) -> int:
     prog = "convert_from_hf.py"
     quiet()
     try:
-        result = import_from_hf(args.hf_dir, args.out, tp=args.tp, pp=args.pp,
-                                distributed_optimizer=args.distributed_optimizer)
+        result = import_from_hf(args.hf_dir, args.out, tp=args.tp, pp=args.pp)
     except bad_input_errors() as e:
         print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -74,6 +74,11 @@ def find_start(resolved, root: Path, use_distributed_optimizer: bool) -> Start:
         path = resolve_load_path(ck.load)
         verify(path)
         start = Start(path, CheckpointManager.read_common(path), weights_only=ck.finetune)
+        if start.common.get("weights_only") and not ck.finetune:
+            raise CheckpointError(f"{path}: holds weights only (e.g. imported from Hugging Face), "
+                                  f"no optimizer state or step: set checkpoint.finetune=true")
+        if ck.finetune:
+            return start  # no optimizer state is read: its format does not matter
     else:
         return Start()
     if start.common.get("use_distributed_optimizer") != use_distributed_optimizer:

@@ -128,6 +128,23 @@ def teardown() -> None:
 
     try:
         parallel_state.destroy_model_parallel()
+        release_stale_groups()
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def release_stale_groups() -> None:
+    """Drop the process groups megatron-core 0.16.1's destroy_model_parallel leaves in
+    parallel_state (_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP and its gloo twin) and collect them
+    here. Left in place, a process forked later inherits them, and its own
+    initialize_model_parallel, overwriting the global, runs their destructor, which waits forever
+    for threads that exist only in the parent."""
+    import gc
+
+    from megatron.core import parallel_state
+
+    for name, value in list(vars(parallel_state).items()):
+        if isinstance(value, torch.distributed.ProcessGroup):
+            setattr(parallel_state, name, None)
+    gc.collect()

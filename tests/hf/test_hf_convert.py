@@ -119,6 +119,30 @@ def test_swax_train_starts_from_an_imported_checkpoint(tmp_path_factory):
     assert first_train_loss(run_dir) < first_train_loss(run(tmp_path_factory, "tp2")) - 0.3
 
 
+def test_an_imported_checkpoint_needs_finetune_and_ignores_the_optimizer_layout(tmp_path_factory,
+                                                                                tmp_path):
+    # Weights only: without checkpoint.finetune the trainer says so in one line; with it, a run
+    # without the distributed optimizer starts from an export of a run that had one.
+    from convert_testing import RUNS, corpus
+    from forkrun import TINY_RECIPE, fork_run, one_error_line, tiny_overrides
+
+    from swax_megatron.hf.convert import import_from_hf
+
+    out, _ = export(tmp_path_factory, "tp2")
+    root = tmp_path / "imported"
+    import_from_hf(out, root)
+    base = [flag for flag in RUNS["tp2"] if "use_distributed_optimizer" not in flag]
+    argv = [TINY_RECIPE, *tiny_overrides(corpus(tmp_path_factory), tmp_path / "a", steps=2, every=2,
+                                         extra=[*base, f"checkpoint.load={root}"])]
+    one_error_line(fork_run(argv, 2, tmp_path / "la"), "holds weights only",
+                   "set checkpoint.finetune=true")
+    argv = [TINY_RECIPE, *tiny_overrides(corpus(tmp_path_factory), tmp_path / "b", steps=2, every=2,
+                                         extra=[*base, f"checkpoint.load={root}",
+                                                "checkpoint.finetune=true"])]
+    launch = fork_run(argv, 2, tmp_path / "lb")
+    assert launch.codes == [0, 0], launch.log
+
+
 def test_window_override_at_load(tmp_path_factory):
     import swax_megatron.hf  # noqa: F401 - registration
     from transformers import AutoModelForCausalLM
