@@ -166,6 +166,27 @@ class CheckpointConfig:
     finetune: bool = False  # with `load`: take only the weights; step 0, fresh optimizer
 
 
+# What `swax eval RUN_DIR` measures (swax_megatron/eval/harness.py). Not part of the config hash:
+# evaluation does not change what training computes, and each results file records its own
+# settings hash (a changed setting redoes only the evaluations it affects).
+@dataclass
+class EvalConfig:
+    windows: Optional[List[int]] = None  # eval windows (the train x eval grid); null: [model.swa.window]
+    # niah_<variant> (generation), passkey and mqar (teacher-forced probes), ppl_by_position
+    tasks: List[str] = field(default_factory=lambda: [
+        "niah_single_1", "niah_multikey_1", "passkey", "mqar", "ppl_by_position"])
+    lengths: List[int] = field(default_factory=lambda: [1024, 4096, 16384])  # context lengths, tokens
+    depths: List[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])  # percent
+    samples: int = 4  # per length x depth cell
+    seed: int = 0
+    batch_size: int = 4  # prompts decoded together (left-padded); does not change results
+    ppl_length_factor: int = 8  # ppl_by_position sequences: this many x train.seq_length tokens
+    ppl_sequences: int = 4  # how many such sequences of validation text
+    # Position bucket edges in tokens (increasing, from 0); null: 0, S/4, S/2, S, 2S, 4S, ... up to
+    # the sequence length (S = train.seq_length).
+    ppl_buckets: Optional[List[int]] = None
+
+
 @dataclass
 class SlurmConfig:
     nodes: int = 1
@@ -191,6 +212,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     @property
@@ -207,8 +229,10 @@ class Recipe:
 # so the same experiment on another cluster, output folder or parallel layout keeps its run
 # directory (checkpoints reshard across TP/PP/DP, so a resumed run may change its layout).
 # `checkpoint.load` and `checkpoint.finetune` are hashed: they change what the run computes.
+# `eval`: evaluation settings; each results file carries its own settings hash.
 HASH_EXCLUDED = (
     "run.output_root", "run.description", "data.cache_dir", "checkpoint.dir",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "slurm",
     "parallel", "train.log_every", "train.exit_after_minutes", "train.deterministic",
+    "eval",
 )

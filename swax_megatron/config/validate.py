@@ -78,6 +78,14 @@ INT_RANGES: List[Tuple[str, int, int]] = [
     ("data.tokenizer_vocab_size", 260, MAX_VOCAB),  # 256 byte-fallback pieces plus specials
     ("checkpoint.every_steps", 1, MAX_STEPS),
     ("checkpoint.keep_last", 1, MAX_COUNT),
+    ("eval.windows", 1, MAX_TOKENS),
+    ("eval.lengths", 1, MAX_TOKENS),
+    ("eval.samples", 1, MAX_COUNT),
+    ("eval.seed", 0, MAX_SEED),
+    ("eval.batch_size", 1, MAX_BATCH),
+    ("eval.ppl_length_factor", 1, 1024),
+    ("eval.ppl_sequences", 1, MAX_COUNT),
+    ("eval.ppl_buckets", 0, MAX_TOKENS),
     ("slurm.nodes", 1, MAX_NODES),
     ("slurm.gpus_per_node", 1, MAX_GPUS_PER_NODE),
     ("slurm.cpus_per_task", 1, MAX_CPUS_PER_TASK),
@@ -348,3 +356,35 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
               "must be > 0 or null")
     c.require(t.exit_after_minutes is None or t.exit_after_minutes > 0, "train.exit_after_minutes",
               f"must be > 0 or null, got {t.exit_after_minutes}")
+
+    _check_eval(c, r)
+
+
+def _check_eval(c: _Checker, r: Recipe) -> None:
+    """The eval section (`swax eval`): known task names, depths in percent, sane buckets."""
+    from ..eval.names import EVAL_TASKS  # plain Python: no torch
+
+    e = r.eval
+    c.require(e.windows is None or len(e.windows) > 0, "eval.windows",
+              "must list at least one window (or be null: model.swa.window)")
+    c.require(len(e.tasks) > 0, "eval.tasks", "must list at least one task")
+    for i, name in enumerate(e.tasks):
+        c.require(name in EVAL_TASKS, f"eval.tasks.{i}",
+                  f"unknown evaluation task {shorten(name, 40)!r}; expected one of {', '.join(EVAL_TASKS)}")
+        c.require(name not in e.tasks[:i], f"eval.tasks.{i}", f"task {name!r} is listed twice")
+    c.require(len(e.lengths) > 0, "eval.lengths", "must list at least one context length")
+    for i, depth in enumerate(e.depths):
+        c.require(0.0 <= depth <= 100.0, f"eval.depths.{i}",
+                  f"depth is a percentage of the context: must be in [0, 100], got {depth}")
+    c.require(len(e.depths) > 0, "eval.depths", "must list at least one depth")
+    ppl_length = e.ppl_length_factor * r.train.seq_length
+    c.require(ppl_length <= MAX_TOKENS, "eval.ppl_length_factor",
+              f"{e.ppl_length_factor} x train.seq_length {r.train.seq_length} = {ppl_length:,} tokens "
+              f"is over {MAX_TOKENS:,}")
+    if e.ppl_buckets is not None:
+        b = e.ppl_buckets
+        c.require(len(b) >= 2 and all(y > x for x, y in zip(b, b[1:])), "eval.ppl_buckets",
+                  f"bucket edges must be at least two increasing token positions, got {b}")
+        c.require(b[0] < ppl_length, "eval.ppl_buckets",
+                  f"the first edge {b[0]} is beyond the sequence length {ppl_length} "
+                  f"(eval.ppl_length_factor x train.seq_length)")
