@@ -8,6 +8,7 @@
     swax sweep submit FILE [a.b=c ...] [--parallel K] [--dry-run] [--no-check] [--script PATH]
     swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
                   [--temperature T --seed S]                  (needs the hf extra)
+    swax eval RUN_DIR [--tasks a,b] [eval.key=value ...]     (needs the hf extra)
 
 A user error (a recipe typo, a bad override, a sweep index out of range, a recipe that does not
 fit the cluster) prints one line on stderr and exits with status 2; nothing is written or submitted.
@@ -165,6 +166,35 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    """Evaluate a run's latest checkpoint (swax_megatron.eval.harness); prints the results files.
+    Bad input (not a run directory, no or a damaged checkpoint, an unknown task): one line, exit 2."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    try:
+        from .eval.harness import bad_input_errors, evaluate_run
+    except ImportError as e:
+        print(f"swax: error: swax eval needs the hf extra (pip install 'swax_megatron[hf]'): {e}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            print("swax: error: --tasks names no task", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        paths = evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides)
+    except bad_input_errors() as e:
+        text = str(e).strip().splitlines()
+        print(f"swax: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -246,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default: greedy)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.set_defaults(func=_cmd_generate)
+
+    ev = _command(sub, "eval", "evaluate a run's latest checkpoint: NIAH, recall, perplexity by "
+                               "position (hf extra)", _cmd_eval)
+    for action in ev._actions:
+        if action.dest == "recipe":
+            action.metavar = "RUN_DIR"
+    ev.add_argument("--tasks", metavar="A,B", help="these tasks (default: the recipe's eval.tasks)")
     return parser
 
 

@@ -1,0 +1,397 @@
+"""`swax eval RUN_DIR`: the run's latest checkpoint, converted to the Hugging Face model in memory
+once, evaluated at every eval window x task of the recipe's `eval:` section.
+
+    from swax_megatron.eval.harness import evaluate_run
+    paths = evaluate_run("runs/tiny-swax-1a2b3c4d", tasks=["niah_single_1"],
+                         overrides=["eval.lengths=[512]", "eval.samples=2"])
+
+Each (task, window) writes RUN_DIR/eval/<task>-w<window>-<hash8>.json (atomic; the format
+eval/report_data.py reads: format 1, task, kind, window, checkpoint {path, step}, settings,
+settings_hash, created, score, and grid / buckets / ppl by kind), and a generation task also
+<same name>.png, its length x depth heatmap. A file that exists with the same checkpoint step and
+settings hash is skipped, so re-running does nothing; a new checkpoint or changed settings redo it.
+
+Kinds (swax_megatron.eval.names):
+- generation (niah_*): greedy decoding with the constant-memory cache, batched and left-padded
+  (`eval.batch_size` prompts at a time), scored by the task (RULER's string-match-all);
+- probes (passkey, mqar): one forward per sample, teacher forced: task.score_probes on the argmax
+  of each position, aggregated into distance buckets;
+- ppl_by_position: `eval.ppl_sequences` sequences of `eval.ppl_length_factor` x train.seq_length
+  tokens of the run's validation text (the validation documents of its first indexed dataset by
+  data.split, or the embedded corpus' valid plays), mean loss per position bucket.
+
+Every prompt and sequence starts with the end-of-document token, the way every training document
+but the first is preceded by one (and `swax generate` starts an empty prompt). One process,
+TP = PP = 1 (the checkpoint reshards on load).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .names import EVAL_TASKS, PPL_TASK, task_kind
+
+RESULTS_FORMAT = 1
+LOGITS_CHUNK = 2048  # positions per lm_head call: logits of 131k x vocab never exist at once
+
+
+class EvalError(ValueError):
+    """Bad input for `swax eval` (not a run directory, unknown task, bad override): one line."""
+
+
+def bad_input_errors() -> tuple:
+    """What `swax eval` reports as one line and exit 2."""
+    from ..hf.convert import bad_input_errors as convert_errors
+
+    return (EvalError, *convert_errors())
+
+
+@dataclass
+class _Job:
+    task: str
+    kind: str
+    window: int
+    settings: Dict[str, Any]
+    settings_hash: str
+    path: Path
+
+    @property
+    def png(self) -> Path:
+        return self.path.with_suffix(".png")
+
+
+def settings_hash(settings: Dict[str, Any], task_config: Dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the harness settings and the task's own config."""
+    blob = json.dumps({"settings": settings, "task": task_config}, sort_keys=True,
+                      separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"swax eval: {text}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_done(job: _Job, step: int) -> bool:
+    data = _read_json(job.path)
+    if data is None or data.get("format") != RESULTS_FORMAT:
+        return False
+    ck = data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else {}
+    if ck.get("step") != step or data.get("settings_hash") != job.settings_hash:
+        return False
+    return job.kind != "generation" or job.png.is_file()
+
+
+def ppl_edges(buckets: Optional[Sequence[int]], train_length: int, length: int) -> List[int]:
+    """Bucket edges over positions [0, length]: the given ones up to `length`, else 0, S/4, S/2,
+    S, 2S, 4S, ... (S = the training length), always ending at `length` when they reach it."""
+    if buckets is None:
+        edges = {0, train_length // 4, train_length // 2}
+        x = train_length
+        while x < length:
+            edges.add(x)
+            x *= 2
+        edges.add(length)
+        return sorted(e for e in edges if 0 <= e <= length)
+    edges = [int(e) for e in buckets if e < length]
+    if not edges or buckets[-1] >= length:
+        edges.append(length)
+    return edges
+
+
+def _plan(run_dir: Path, recipe, names: Sequence[str], windows: Sequence[int]) -> List[_Job]:
+    from . import get_task
+
+    e = recipe.eval
+    jobs = []
+    for window in windows:
+        for name in names:
+            kind = task_kind(name)
+            if kind == "ppl_by_position":
+                length = e.ppl_length_factor * recipe.train.seq_length
+                settings = {"window": window, "length": length, "sequences": e.ppl_sequences,
+                            "buckets": ppl_edges(e.ppl_buckets, recipe.train.seq_length, length),
+                            "data": _ppl_data_name(recipe), "start": "eod"}
+                config = {"task": PPL_TASK}
+            else:
+                task = get_task(name)
+                depths = [float(d) for d in e.depths] if task.uses_depth else None
+                settings = {"window": window, "lengths": list(e.lengths), "depths": depths,
+                            "samples": e.samples, "seed": e.seed, "start": "eod"}
+                config = task.config()
+            h = settings_hash(settings, config)
+            jobs.append(_Job(name, kind, window, settings, h,
+                             run_dir / "eval" / f"{name}-w{window}-{h[:8]}.json"))
+    return jobs
+
+
+def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequence[str] = (),
+                 progress: bool = True) -> List[Path]:
+    """Evaluate the run's latest checkpoint; the results files of every (window, task), written
+    now or found done. Raises one of bad_input_errors() on bad input."""
+    from ..config.resolve import resolve
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalError(f"{run_dir}: not a directory (expected a run directory)")
+    if not (run_dir / "resolved.yaml").is_file():
+        raise EvalError(f"{run_dir}: not a run directory (no resolved.yaml)")
+    overrides = list(overrides)
+    for o in overrides:
+        if not o.startswith("eval."):
+            raise EvalError(f"override `{o}`: only eval.* settings can be changed at evaluation "
+                            f"(the model is the checkpoint's)")
+    recipe = resolve(str(run_dir / "resolved.yaml"), overrides).recipe
+    names = list(recipe.eval.tasks) if tasks is None else list(tasks)
+    if not names:
+        raise EvalError("no tasks to evaluate")
+    for name in names:
+        if name not in EVAL_TASKS:
+            raise EvalError(f"unknown evaluation task {name!r}; expected one of {', '.join(EVAL_TASKS)}")
+    names = list(dict.fromkeys(names))
+    windows = list(dict.fromkeys(recipe.eval.windows or [recipe.model.swa.window]))
+
+    from ..hf.convert import find_source
+
+    source = find_source(run_dir)  # the checkpoint `latest` names; ConversionError if none
+    jobs = _plan(run_dir, recipe, names, windows)
+    todo = [j for j in jobs if not _is_done(j, source.step)]
+    for j in jobs:
+        if j not in todo:
+            _say(progress, f"{j.task} at window {j.window}: done at step {source.step} ({j.path.name}), skipped")
+    if not todo:
+        return [j.path for j in jobs]
+
+    import torch
+
+    from ..hf.convert import convert_checkpoint, quiet, single_process_world
+
+    quiet()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # not the reminder that prompts outgrow the training length
+    _say(progress, f"converting {source.checkpoint} (step {source.step}) to the Hugging Face model")
+    with single_process_world():
+        converted = convert_checkpoint(source, dtype="fp32", window=todo[0].window)
+        converted.megatron = None  # holds process groups: freed with the world
+    model, tok = converted.hf, _TaskTokenizer(converted.tokenizer)
+    (run_dir / "eval").mkdir(exist_ok=True)
+    checkpoint = {"path": str(source.checkpoint), "step": source.step}
+    torch.set_grad_enabled(False)
+    try:
+        for job in todo:
+            _set_window(model, job.window)
+            _say(progress, f"{job.task} at window {job.window} (step {source.step})")
+            if job.kind == "generation":
+                body = _run_generation(model, tok, recipe, job, progress)
+            elif job.kind == "probes":
+                body = _run_probes(model, tok, recipe, job, progress)
+            else:
+                body = _run_ppl(model, tok, recipe, job, progress)
+            out = {"format": RESULTS_FORMAT, "task": job.task, "kind": job.kind, "window": job.window,
+                   "checkpoint": checkpoint, "settings": job.settings,
+                   "settings_hash": job.settings_hash,
+                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   **body}
+            from .results import save_heatmap, write_json
+
+            if job.kind == "generation":
+                save_heatmap(out["grid"], job.png,
+                             title=f"{run_dir.name}: {job.task}, window {job.window}, step {source.step}")
+            write_json(job.path, out)  # last: the JSON says the evaluation is done
+            shown = "" if out.get("score") is None else f"score {out['score']:.1f}%, "
+            _say(progress, f"{job.task} at window {job.window}: {shown}wrote {job.path}")
+    finally:
+        torch.set_grad_enabled(True)
+    return [j.path for j in jobs]
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+class _TaskTokenizer:
+    """The run's tokenizer (HF, built from its SentencePiece model) as the tasks' TokenizerLike."""
+
+    def __init__(self, tok):
+        self.hf = tok.hf
+        self.fingerprint = tok.fingerprint
+        self.eod = tok.hf.eos_token_id
+        if self.eod is None:
+            raise EvalError("the run's tokenizer has no end-of-document token")
+
+    def tokenize(self, text: str) -> List[int]:
+        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+
+def _set_window(model, window: int) -> None:
+    """The sliding layers' window (the converted model is built at the first one)."""
+    from ..hf.modeling_swax import SwaxAttention
+
+    model.config.sliding_window = window
+    for m in model.modules():
+        if isinstance(m, SwaxAttention) and m.window is not None:
+            m.window = window
+
+
+def _logit_chunks(model, ids):
+    """(start, logits [n, vocab]) of one sequence, LOGITS_CHUNK positions at a time."""
+    import torch
+
+    from ..hf.modeling_swax import soft_cap
+
+    x = torch.tensor([ids], dtype=torch.long)
+    h = model.model(input_ids=x, use_cache=False).last_hidden_state[0]
+    for a in range(0, h.shape[0], LOGITS_CHUNK):
+        yield a, soft_cap(model.lm_head(h[a:a + LOGITS_CHUNK]), model.config.output_logit_soft_cap)
+
+
+def _samples(task, tok, job: _Job) -> list:
+    s = job.settings
+    try:
+        return list(task.grid(tok, lengths=s["lengths"], depths=s["depths"] if task.uses_depth else None,
+                              num_samples=s["samples"], seed=s["seed"]))
+    except ValueError as e:
+        raise EvalError(f"{job.task}: cannot build its samples ({str(e).splitlines()[0]})") from None
+
+
+def _run_generation(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+    import torch
+
+    from . import get_task
+    from .results import accuracy_grid
+
+    task = get_task(job.task)
+    samples = _samples(task, tok, job)
+    batch_size = recipe.eval.batch_size
+    pad = model.generation_config.pad_token_id
+    pad = tok.eod if pad is None else pad
+    records = []
+    for b in range(0, len(samples), batch_size):
+        batch = samples[b:b + batch_size]
+        prompts = [[tok.eod, *s.prompt_ids] for s in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        new = max(s.gen_tokens for s in batch)
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tok.eod)
+        for s, row in zip(batch, out[:, width:].tolist()):
+            row = row[:s.gen_tokens]
+            if tok.eod in row:
+                row = row[:row.index(tok.eod)]
+            records.append(task.record(s, tok.detokenize(row)))
+        _say(progress, f"  {job.task}: {len(records)}/{len(samples)} prompts")
+    grid = accuracy_grid(records, task=job.task)
+    for r in records:  # keep the file small and readable
+        r["prediction"] = r["prediction"][:200]
+    return {"score": grid["mean"], "grid": grid, "records": records}
+
+
+def _run_probes(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+    from . import get_task
+    from .results import distance_buckets
+
+    task = get_task(job.task)
+    samples = _samples(task, tok, job)
+    records = []
+    for i, s in enumerate(samples):
+        argmax = []
+        for _, logits in _logit_chunks(model, [tok.eod, *s.ids]):
+            argmax += logits.argmax(-1).tolist()
+        records += task.score_probes(s, argmax[1:])  # position t of s.ids is t + 1 here
+        if progress and (i + 1 == len(samples) or (i + 1) % 8 == 0):
+            _say(progress, f"  {job.task}: {i + 1}/{len(samples)} samples")
+    buckets = distance_buckets(records)
+    score = 100.0 * sum(r["score"] for r in records) / len(records) if records else None
+    return {"score": score, "buckets": buckets,
+            "token_accuracy": (100.0 * sum(r["token_accuracy"] for r in records) / len(records)
+                               if records else None)}
+
+
+# --- perplexity by position ------------------------------------------------------------------------
+
+def _ppl_data_name(recipe) -> str:
+    src = recipe.data.source
+    if isinstance(src, str):
+        return f"{src}:valid"
+    return f"{src[0]}:valid@{recipe.data.split}"
+
+
+def validation_tokens(recipe, tok: _TaskTokenizer) -> List[int]:
+    """The run's validation text as one token stream (documents end with end-of-document): the
+    valid split's documents of its first indexed dataset (by data.split, in document order, as
+    megatron splits by document), or the embedded corpus' valid plays tokenized."""
+    src = recipe.data.source
+    if isinstance(src, str):
+        from ..data.embedded import embedded_corpus
+
+        out: List[int] = []
+        for doc in embedded_corpus("valid"):
+            out += tok.tokenize(doc) + [tok.eod]
+        return out
+    from ..data.indexed import read_documents
+
+    docs = read_documents(src[0])
+    parts = [float(x) for x in recipe.data.split.split(",")]
+    total = sum(parts)
+    a = int(round(len(docs) * parts[0] / total))
+    b = int(round(len(docs) * (parts[0] + parts[1]) / total))
+    out = []
+    for d in docs[a:b]:
+        out += [int(t) for t in d]
+    return out
+
+
+def _run_ppl(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+    import torch
+
+    s = job.settings
+    length, edges = s["length"], s["buckets"]
+    stream = validation_tokens(recipe, tok)
+    count = min(s["sequences"], len(stream) // length)
+    if count == 0:
+        raise EvalError(f"{PPL_TASK}: the validation text ({s['data']}) has {len(stream):,} tokens, fewer "
+                        f"than one sequence of {length:,} (eval.ppl_length_factor x train.seq_length)")
+    sums = [0.0] * (len(edges) - 1)
+    counts = [0] * (len(edges) - 1)
+    for i in range(count):
+        seq = stream[i * length:(i + 1) * length]
+        ids = [tok.eod, *seq]  # position p of seq is predicted by logits at p (after the eod)
+        target = torch.tensor(seq, dtype=torch.long)
+        for a, logits in _logit_chunks(model, ids):
+            n = min(logits.shape[0], length - a)
+            if n <= 0:
+                break
+            loss = torch.nn.functional.cross_entropy(logits[:n].float(), target[a:a + n], reduction="none")
+            pos = torch.arange(a, a + n)
+            for k in range(len(edges) - 1):
+                sel = (pos >= edges[k]) & (pos < edges[k + 1])
+                if sel.any():
+                    sums[k] += float(loss[sel].sum())
+                    counts[k] += int(sel.sum())
+        _say(progress, f"  {PPL_TASK}: {i + 1}/{count} sequences of {length:,} tokens")
+    buckets = [{"start": edges[k], "end": edges[k + 1],
+                "loss": sums[k] / counts[k] if counts[k] else None, "tokens": counts[k]}
+               for k in range(len(edges) - 1)]
+    return {"score": None, "ppl": {"train_length": recipe.train.seq_length, "length": length,
+                                   "sequences": count, "buckets": buckets}}
+
+
+__all__ = ["EvalError", "bad_input_errors", "evaluate_run", "ppl_edges", "settings_hash",
+           "validation_tokens"]
