@@ -23,7 +23,8 @@ class RunConfig:
 
 # The windows, and the one rule that relates them: training step t runs its S layers at
 # `train.window_schedule`'s window for t; everything else (the validation loss during training,
-# export, generation) runs at `model.swa.window`. Training never reads `model.swa.window`, so set
+# export, generation) runs at `model.swa.window`, except `swax eval`, which runs at each of
+# `eval.windows` (default: `model.swa.window`). Training never reads `model.swa.window`, so set
 # it to the window the model should be judged at (the paper: 2048, the stochastic schedule's
 # `long`, which the anneal phase ends training with).
 @dataclass
