@@ -20,14 +20,10 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .cliutil import OneLineParser as _Parser
+from .cliutil import error_line, nonnegative_int, positive_int
 from .config.errors import RecipeError
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+from .exit_codes import EXIT_BAD_INPUT as EXIT_USAGE
 
 
 def _print_resolved(r, get: Optional[str]) -> int:
@@ -142,74 +138,55 @@ def _cmd_sweep_submit(args) -> int:
     return _submit(plan, args.dry_run)
 
 
-def _cmd_generate(args) -> int:
-    """Stream a continuation of --prompt (swax_megatron.hf.generate); bad input: one line, exit 2."""
+def _with_hf_extra(name: str, call) -> int:
+    """Run a command that needs the hf extra: its absence and bad input are one line, exit 2."""
     import warnings
 
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     try:
-        from .hf.generate import generate
-    except ImportError as e:
-        print(f"swax: error: swax generate needs the hf extra (pip install 'swax_megatron[hf]'): {e}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    from .hf.convert import bad_input_errors, quiet
+        import transformers  # noqa: F401
 
+        from .eval.harness import bad_input_errors  # convert's errors and the harness's
+        from .hf.convert import quiet
+    except ImportError as e:
+        print(f"swax: error: swax {name} needs the hf extra (pip install 'swax_megatron[hf]'): "
+              f"{e}", file=sys.stderr)
+        return EXIT_USAGE
     quiet()
     try:
+        return call()
+    except bad_input_errors() as e:
+        return error_line("swax", e)
+
+
+def _cmd_generate(args) -> int:
+    """Stream a continuation of --prompt (swax_megatron.hf.generate)."""
+    def call():
+        from .hf.generate import generate
+
         generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, window=args.window,
                  step=args.step, temperature=args.temperature, seed=args.seed)
-    except bad_input_errors() as e:
-        text = str(e).strip().splitlines()
-        print(f"swax: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        return 0
+    return _with_hf_extra("generate", call)
 
 
 def _cmd_eval(args) -> int:
     """Evaluate a run's latest checkpoint (swax_megatron.eval.harness); prints the results files.
     Bad input (not a run directory, no or a damaged checkpoint, an unknown task): one line, exit 2."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    try:
-        from .eval.harness import bad_input_errors, evaluate_run
-    except ImportError as e:
-        print(f"swax: error: swax eval needs the hf extra (pip install 'swax_megatron[hf]'): {e}",
-              file=sys.stderr)
-        return EXIT_USAGE
     tasks = None
     if args.tasks is not None:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         if not tasks:
             print("swax: error: --tasks names no task", file=sys.stderr)
             return EXIT_USAGE
-    try:
-        paths = evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides)
-    except bad_input_errors() as e:
-        text = str(e).strip().splitlines()
-        print(f"swax: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
-        return EXIT_USAGE
-    for path in paths:
-        print(path)
-    return 0
 
+    def call():
+        from .eval.harness import evaluate_run
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _nonnegative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides):
+            print(path)
+        return 0
+    return _with_hf_extra("eval", call)
 
 
 def _command(subparsers, name: str, help: str, func) -> argparse.ArgumentParser:
@@ -269,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("path", metavar="RUN_DIR_OR_HF_DIR",
                      help="a Hugging Face export, or a run directory / checkpoint (converted in memory)")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
-    gen.add_argument("--window", type=_positive_int, metavar="W",
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64)
+    gen.add_argument("--window", type=positive_int, metavar="W",
                      help="sliding window (default: the model's, model.swa.window)")
-    gen.add_argument("--step", type=_nonnegative_int, help="the checkpoint of this step (default: latest)")
+    gen.add_argument("--step", type=nonnegative_int, help="the checkpoint of this step (default: latest)")
     gen.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default: greedy)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.set_defaults(func=_cmd_generate)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .names import EVAL_TASKS, PPL_TASK, task_kind
+from .results import read_json
 
 RESULTS_FORMAT = 1
 LOGITS_CHUNK = 2048  # positions per lm_head call: logits of 131k x vocab never exist at once
@@ -78,16 +79,8 @@ def _say(progress: bool, text: str) -> None:
         print(f"swax eval: {text}", file=sys.stderr, flush=True)
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _is_done(job: _Job, step: int) -> bool:
-    data = _read_json(job.path)
+    data = read_json(job.path)
     if data is None or data.get("format") != RESULTS_FORMAT:
         return False
     ck = data.get("checkpoint") if isinstance(data.get("checkpoint"), dict) else {}

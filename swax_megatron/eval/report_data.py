@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .results import read_json
+
 RESULTS_FORMAT = 1
 KINDS = ("generation", "probes", "ppl_by_position", "lm_eval")
 
@@ -213,17 +215,9 @@ def _bucket_mean(b: dict) -> Optional[float]:
 
 # -- reading -------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def read_result(path: Path) -> Tuple[Optional[Result], Optional[str]]:
     """(result, None) or (None, why the file is skipped)."""
-    data = _read_json(path)
+    data = read_json(path)
     if data is None:
         return None, f"{path.name}: not a readable JSON object"
     if data.get("format") != RESULTS_FORMAT:
@@ -292,8 +286,8 @@ def load_run(path: Path, label: Optional[str] = None) -> Run:
     run.exists = True
     _load_recipe(run)
     run.label = label or str(run.get("run.name") or path.name)
-    run.summary = _read_json(path / "summary.json") or {}
-    run.exit = _read_json(path / "exit.json")
+    run.summary = read_json(path / "summary.json") or {}
+    run.exit = read_json(path / "exit.json")
     run.done = (path / "DONE").is_file()
     from ..training.metrics import read_metrics
 

@@ -91,6 +91,17 @@ def distance_buckets(records: Iterable[Mapping], edges: Sequence[int] | None = N
     return out
 
 
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON object from `path`, or None when the file is missing, unreadable or not an object
+    (a results file being written by another process is never half-read: writes are atomic)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Atomic, sorted, indented JSON (NaN is refused: a missing value is null)."""
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")

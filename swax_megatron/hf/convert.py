@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..cliutil import OneLineParser, first_line, nonnegative_int, positive_int
 from ..exit_codes import EXIT_BAD_INPUT
 from .weights import (ConversionError, LAYER_TYPES, hf_config_from_recipe, hf_to_megatron,
                       megatron_to_hf, recipe_model_fields)
@@ -74,11 +75,6 @@ def bad_input_errors() -> tuple:
     from ..training.checkpoint import CheckpointError
 
     return (ConversionError, RecipeError, DataError, CheckpointError, SwaxConfigError)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:400] if text else type(e).__name__
 
 
 def _few(names, limit: int = 3) -> str:
@@ -118,7 +114,7 @@ def _checkpoint_root_of_run(run_dir: Path) -> Path:
         ck_dir = resolve(str(run_dir / "resolved.yaml")).recipe.checkpoint.dir
     except Exception as e:  # RecipeError and friends: one line below
         raise ConversionError(f"{run_dir}: has no checkpoints/ and its resolved.yaml does not resolve "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     return Path(ck_dir) if ck_dir else root
 
 
@@ -227,7 +223,7 @@ def _model_tensor_metadata(path: Path) -> Tuple[Dict[str, List[int]], Dict[str, 
         md = dist_checkpointing.load_tensors_metadata(str(path))
     except _LOAD_ERRORS as e:
         raise ConversionError(f"{path}: cannot read the checkpoint's tensor metadata "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     shapes, dtypes = {}, {}
     for key, t in md.items():
         if isinstance(t, ShardedTensor) and not key.startswith("optimizer."):
@@ -360,7 +356,7 @@ def load_weights(model, path: Path) -> None:
     try:
         loaded = dist_checkpointing.load({"model": sharded}, str(path))["model"]
     except _LOAD_ERRORS as e:
-        raise ConversionError(f"{path}: does not match the recipe's model: {_first_line(e)[:300]}") from None
+        raise ConversionError(f"{path}: does not match the recipe's model: {first_line(e)[:300]}") from None
     result = model.load_state_dict(loaded, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing or result.unexpected_keys:
@@ -806,20 +802,20 @@ def read_hf_dir(hf_dir: Path):
     except FileNotFoundError:
         raise ConversionError(f"{hf_dir}: no config.json (not a Hugging Face model directory)") from None
     except (OSError, ValueError) as e:
-        raise ConversionError(f"{cfg_path}: unreadable ({_first_line(e)})") from None
+        raise ConversionError(f"{cfg_path}: unreadable ({first_line(e)})") from None
     if not isinstance(raw, dict) or raw.get("model_type") != "swax":
         found = raw.get("model_type") if isinstance(raw, dict) else None
         raise ConversionError(f"{cfg_path}: model_type {found!r}, not a SWAX model ('swax')")
     try:
         config = SwaxHFConfig.from_dict(raw)
     except (ValueError, TypeError) as e:
-        raise ConversionError(f"{cfg_path}: {_first_line(e)}") from None
+        raise ConversionError(f"{cfg_path}: {first_line(e)}") from None
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConversionError(f"{index}: unreadable ({_first_line(e)})") from None
+            raise ConversionError(f"{index}: unreadable ({first_line(e)})") from None
         files = sorted(set(weight_map.values()))
     elif (hf_dir / "model.safetensors").is_file():
         weight_map, files = None, ["model.safetensors"]
@@ -833,7 +829,7 @@ def read_hf_dir(hf_dir: Path):
         try:
             part = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ConversionError(f"{path}: unreadable safetensors file ({_first_line(e)})") from None
+            raise ConversionError(f"{path}: unreadable safetensors file ({first_line(e)})") from None
         for k, v in part.items():
             if k in tensors:
                 raise ConversionError(f"{path}: tensor {k} is stored twice")
@@ -849,7 +845,7 @@ def read_hf_dir(hf_dir: Path):
         try:
             info = json.loads((hf_dir / EXPORT_INFO).read_text())
         except (OSError, ValueError) as e:
-            raise ConversionError(f"{hf_dir / EXPORT_INFO}: unreadable ({_first_line(e)})") from None
+            raise ConversionError(f"{hf_dir / EXPORT_INFO}: unreadable ({first_line(e)})") from None
     return config, tensors, info
 
 
@@ -862,7 +858,7 @@ def _tokenizer_pieces(hf_dir: Path) -> Optional[int]:
     try:
         return RustTokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
     except Exception as e:  # tokenizers raises its own Exception type
-        raise ConversionError(f"{path}: unreadable tokenizer ({_first_line(e)})") from None
+        raise ConversionError(f"{path}: unreadable tokenizer ({first_line(e)})") from None
 
 
 def recipe_for_import(config, info: Optional[Dict[str, Any]], hf_dir: Path, tp: int, pp: int):
@@ -961,7 +957,7 @@ def _reshard(scratch: Path, dest: Path, recipe, vocab: int, dtype: torch.dtype, 
                     _save_checkpoint(model, dest, common)
                     code = 0
                 except BaseException as e:  # noqa: BLE001 - reported to the parent
-                    (errors / f"rank{rank}").write_text(f"{type(e).__name__}: {_first_line(e)}")
+                    (errors / f"rank{rank}").write_text(f"{type(e).__name__}: {first_line(e)}")
                 finally:
                     with contextlib.suppress(BaseException):
                         distributed.teardown()
@@ -1064,7 +1060,7 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
                 model.load_state_dict(model_state, strict=True)
             except RuntimeError as e:  # the recipe's model and config.json disagree
                 raise ConversionError(f"{hf_dir}: the weights do not fit the recipe's model: "
-                                      f"{_first_line(e)}") from None
+                                      f"{first_line(e)}") from None
             target = final if tp * pp == 1 else tmp / ".tp1"
             target.mkdir()
             _save_checkpoint(model, target, common if tp * pp == 1 else
@@ -1091,40 +1087,15 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _step(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a step number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a step number >= 0, got {text!r}")
-    return value
-
-
 def to_hf_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert_to_hf.py", description="Export a swax_megatron checkpoint (any TP/PP/DP "
+    p = OneLineParser(prog="convert_to_hf.py", description="Export a swax_megatron checkpoint (any TP/PP/DP "
                 "layout) as a Hugging Face model directory.")
     p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run directory, a checkpoint root (with `latest`) or an iter_* directory")
     p.add_argument("--out", required=True, metavar="DIR", help="the export directory (must not exist)")
-    p.add_argument("--step", type=_step, help="the checkpoint of this step (default: latest)")
+    p.add_argument("--step", type=nonnegative_int, help="the checkpoint of this step (default: latest)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
-    p.add_argument("--window", type=_positive_int, metavar="W",
+    p.add_argument("--window", type=positive_int, metavar="W",
                    help="evaluation window stored as sliding_window (default: model.swa.window)")
     p.add_argument("--verify", action="store_true",
                    help="compare the megatron and HF models' logits and greedy generations first")
@@ -1133,53 +1104,58 @@ def to_hf_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main_to_hf(argv: Optional[List[str]] = None) -> int:
-    args = to_hf_parser().parse_args(argv)
-    prog = "convert_to_hf.py"
+def _tool(prog: str, call) -> int:
+    """The tools' exits: 0 done, EXIT_VERIFY_FAILED, or one line and EXIT_BAD_INPUT."""
     quiet()
     try:
-        result = export_to_hf(args.source, args.out, step=args.step, dtype=args.dtype, window=args.window,
-                              verify=args.verify, tokenizer=args.tokenizer,
-                              max_shard_size=args.max_shard_size)
+        return call()
     except VerificationFailed as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED
     except bad_input_errors() as e:
-        print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
         print(f"{prog}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _note(f"{prog}: wrote {result.out} from {result.source.checkpoint} ({', '.join(result.files)})")
-    return 0
+
+
+def main_to_hf(argv: Optional[List[str]] = None) -> int:
+    args = to_hf_parser().parse_args(argv)
+    prog = "convert_to_hf.py"
+
+    def call():
+        result = export_to_hf(args.source, args.out, step=args.step, dtype=args.dtype,
+                              window=args.window, verify=args.verify, tokenizer=args.tokenizer,
+                              max_shard_size=args.max_shard_size)
+        _note(f"{prog}: wrote {result.out} from {result.source.checkpoint} "
+              f"({', '.join(result.files)})")
+        return 0
+    return _tool(prog, call)
 
 
 def from_hf_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convert_from_hf.py", description="Write a Hugging Face SWAX export as a swax_megatron "
+    p = OneLineParser(prog="convert_from_hf.py", description="Write a Hugging Face SWAX export as a swax_megatron "
                 "checkpoint (weights only) that swax-train starts from with checkpoint.load=OUT "
                 "checkpoint.finetune=true.")
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint root to write (must not exist)")
-    p.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size to save at")
-    p.add_argument("--pp", type=_positive_int, default=1, help="pipeline parallel size to save at")
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor parallel size to save at")
+    p.add_argument("--pp", type=positive_int, default=1, help="pipeline parallel size to save at")
     return p
 
 
 def main_from_hf(argv: Optional[List[str]] = None) -> int:
     args = from_hf_parser().parse_args(argv)
     prog = "convert_from_hf.py"
-    quiet()
-    try:
+
+    def call():
         result = import_from_hf(args.hf_dir, args.out, tp=args.tp, pp=args.pp)
-    except bad_input_errors() as e:
-        print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:
-        print(f"{prog}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    _note(f"{prog}: wrote {result.checkpoint} (tp {result.layout['tp']}, pp {result.layout['pp']}); start "
-          f"from it with checkpoint.load={result.out} checkpoint.finetune=true")
-    return 0
+        _note(f"{prog}: wrote {result.checkpoint} (tp {result.layout['tp']}, pp "
+              f"{result.layout['pp']}); start from it with checkpoint.load={result.out} "
+              f"checkpoint.finetune=true")
+        return 0
+    return _tool(prog, call)
 
 
 __all__ = ["export_to_hf", "import_from_hf", "load_for_generation", "find_source", "convert_checkpoint",

@@ -29,16 +29,9 @@ KINDS = {"niah_single_1": "generation", "passkey": "probes", "mqar": "probes",
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from swax_megatron.data.embedded import embedded_corpus
-    from swax_megatron.data.indexed import write_indexed_dataset
-    from swax_megatron.data.tokenizer import train_tokenizer
+    from forkrun import make_tiny_corpus
 
-    root = tmp_path_factory.mktemp("eval_corpus")
-    plays = embedded_corpus("train")[:3]
-    docs = [p for play in plays for p in play.split("\n\n") if p.strip()]
-    tok = train_tokenizer(docs, root / "tok", 512, num_threads=1)
-    write_indexed_dataset(docs, root / "plays", tok)
-    return {"prefix": str(root / "plays"), "tokenizer": str(tok.model_path), "cache": str(root / "cache")}
+    return make_tiny_corpus(tmp_path_factory.mktemp("eval_corpus"))
 
 
 @pytest.fixture(scope="module")

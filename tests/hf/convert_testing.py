@@ -44,19 +44,10 @@ def _root(tmp_path_factory) -> Path:
 def corpus(tmp_path_factory) -> dict:
     """Paragraphs of three plays, a 512-piece tokenizer, a megatron indexed dataset."""
     if "corpus" not in _CACHE:
-        from swax_megatron.data.embedded import embedded_corpus
-        from swax_megatron.data.indexed import write_indexed_dataset
-        from swax_megatron.data.tokenizer import train_tokenizer
+        from forkrun import make_tiny_corpus
 
-        root = _root(tmp_path_factory) / "corpus"
-        root.mkdir(parents=True)
-        plays = embedded_corpus("train")[:3]
-        docs = [p for play in plays for p in play.split("\n\n") if p.strip()]
-        tok = train_tokenizer(docs, root / "tok", 512, num_threads=1)
-        write_indexed_dataset(docs, root / "plays", tok)
-        _CACHE["docs"] = docs
-        _CACHE["corpus"] = {"prefix": str(root / "plays"), "tokenizer": str(tok.model_path),
-                            "cache": str(root / "cache")}
+        _CACHE["corpus"] = make_tiny_corpus(_root(tmp_path_factory) / "corpus")
+        _CACHE["docs"] = _CACHE["corpus"]["docs"]
     return _CACHE["corpus"]
 
 

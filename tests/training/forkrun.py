@@ -168,3 +168,19 @@ def one_error_line(launch: Launch, *fragments: str, code: int = 2) -> str:
         assert not error_lines(other), other
     assert all("Traceback" not in log for log in launch.logs), launch.log
     return lines[0]
+
+
+def make_tiny_corpus(root: Path) -> dict:
+    """What the tests' tiny training runs train on: paragraphs of three plays of the embedded
+    corpus as documents, a 512-piece tokenizer, a megatron indexed dataset under `root`."""
+    from swax_megatron.data.embedded import embedded_corpus
+    from swax_megatron.data.indexed import write_indexed_dataset
+    from swax_megatron.data.tokenizer import train_tokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    plays = embedded_corpus("train")[:3]
+    docs = [p for play in plays for p in play.split("\n\n") if p.strip()]
+    tok = train_tokenizer(docs, root / "tok", 512, num_threads=1)
+    write_indexed_dataset(docs, root / "plays", tok)
+    return {"prefix": str(root / "plays"), "tokenizer": str(tok.model_path),
+            "cache": str(root / "cache"), "docs": docs}
