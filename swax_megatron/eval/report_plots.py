@@ -8,7 +8,7 @@ import math
 from typing import Dict, List, Sequence, Tuple
 
 from .report_data import Run, by_length, kind_mean, merge_grids, train_window, _num
-from .results import _fmt_tokens, _pyplot
+from .results import _fmt_tokens, _pyplot, draw_percent_grid
 
 KIND_WORDS = {"generation": "NIAH (generation tasks) average",
               "probes": "recall probes average",
@@ -241,17 +241,9 @@ def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(2.8 + 0.9 * len(windows), 1.5 + 0.42 * len(rows)), dpi=110,
                            layout="constrained")
-    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(windows)), [str(w) for w in windows])
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    draw_percent_grid(fig, ax, data, [str(w) for w in windows], rows)
     ax.set_xlabel("eval window (tokens)")
     ax.set_ylabel("training window (tokens)")
-    for i in range(len(rows)):
-        for j in range(len(windows)):
-            if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
     ax.set_title(f"train window x eval window:\n{KIND_WORDS[kind]}", fontsize=9)
     return fig
 

@@ -140,23 +140,32 @@ def heatmap_figure(grid: Mapping, *, title: str | None = None):
                     dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.4 + 0.38 * len(depths)),
                            dpi=110)
-    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto",
-                   origin="upper")
-    ax.set_xticks(range(len(lengths)), [_fmt_tokens(L) for L in lengths])
-    ax.set_yticks(range(len(depths)), ["-" if d is None else f"{d:g}" for d in depths])
+    draw_percent_grid(fig, ax, data, [_fmt_tokens(L) for L in lengths],
+                      ["-" if d is None else f"{d:g}" for d in depths], fontsize=7)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth (% of context)")
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
-            if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
     mean = grid.get("mean")
     ax.set_title(title or f"{grid.get('task') or 'NIAH'}"
                  + (f" (mean {mean:.1f}%)" if mean is not None else ""), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def draw_percent_grid(fig, ax, data, xticklabels, yticklabels, fontsize: int = 8) -> None:
+    """A grid of accuracies in percent (NaN: no data, grey), each cell numbered, with a colour
+    bar: the look every accuracy heatmap of the reports shares."""
+    import numpy as np
+
+    cmap = _pyplot().get_cmap("RdYlGn").with_extremes(bad="#d0d0d0")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto",
+                   origin="upper")
+    ax.set_xticks(range(len(xticklabels)), xticklabels)
+    ax.set_yticks(range(len(yticklabels)), yticklabels, fontsize=fontsize)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=fontsize)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
 
 
 def save_distance_plot(series: Mapping[str, Mapping], path: str | os.PathLike, *,
