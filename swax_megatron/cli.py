@@ -9,6 +9,8 @@
     swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
                   [--temperature T --seed S]                  (needs the hf extra)
     swax eval RUN_DIR [--tasks a,b] [eval.key=value ...]     (needs the hf extra)
+    swax eval submit RECIPE|RUN_DIR... [--tasks a,b] [--parallel K] [--dry-run] [--no-check]
+                     [--script PATH] [eval.key=value ...]    (= swax eval-submit; slurm/eval.sh)
 
 A user error (a recipe typo, a bad override, a sweep index out of range, a recipe that does not
 fit the cluster) prints one line on stderr and exits with status 2; nothing is written or submitted.
@@ -17,6 +19,7 @@ fit the cluster) prints one line on stderr and exits with status 2; nothing is w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -189,6 +192,33 @@ def _cmd_eval(args) -> int:
     return _with_hf_extra("eval", call)
 
 
+@_launch_errors
+def _cmd_eval_submit(args) -> int:
+    """An array job (slurm/eval.sh) over the runs still to evaluate (launch/evaljob.py)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    from .launch.evaljob import plan_eval
+
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            print("swax: error: --tasks names no task", file=sys.stderr)
+            return EXIT_USAGE
+    targets = [a for a in args.targets if "=" not in a or os.path.exists(a)]
+    overrides = [a for a in args.targets if a not in targets] + list(args.overrides)
+    ep = plan_eval(targets, overrides, tasks=tasks, parallel=args.parallel,
+                   check=not args.no_check, script=args.script)
+    for run, why in ep.skipped:
+        print(f"swax: note: {run}: {why}; skipped", file=sys.stderr)
+    if ep.plan is None:
+        print(f"swax: none of the {len(ep.runs)} run(s) needs evaluating; nothing to submit",
+              file=sys.stderr)
+        return 0
+    return _submit(ep.plan, args.dry_run)
+
+
 def _command(subparsers, name: str, help: str, func) -> argparse.ArgumentParser:
     """A subcommand taking RECIPE [KEY=VALUE ...]."""
     p = subparsers.add_parser(name, help=help)
@@ -260,11 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "recipe":
             action.metavar = "RUN_DIR"
     ev.add_argument("--tasks", metavar="A,B", help="these tasks (default: the recipe's eval.tasks)")
+
+    es = sub.add_parser("eval-submit", help="`swax eval submit`: evaluate runs as a SLURM array "
+                                            "job (slurm/eval.sh), skipping finished evaluations")
+    es.add_argument("targets", nargs="+", metavar="RECIPE|RUN_DIR",
+                    help="one recipe (its sweep's runs) or run directories; then eval.key=value")
+    es.set_defaults(func=_cmd_eval_submit, overrides=[])
+    es.add_argument("--tasks", metavar="A,B", help="these tasks (default: each run's eval.tasks)")
+    es.add_argument("--parallel", type=int, metavar="K", help="at most K runs at once")
+    _submission_flags(es, "slurm/eval.sh")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `swax eval submit ...` is `swax eval-submit ...` (a run directory named `submit`: ./submit)
+    if argv[:2] == ["eval", "submit"]:
+        argv = ["eval-submit", *argv[2:]]
     args, extra = parser.parse_known_args(argv)
     # argparse ends a nargs="*" positional at the first option: `swax slurm submit R --dry-run a=b`
     # leaves `a=b` over. Overrides after options are still overrides, in the order given.

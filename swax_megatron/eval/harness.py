@@ -132,13 +132,10 @@ def _plan(run_dir: Path, recipe, names: Sequence[str], windows: Sequence[int]) -
     return jobs
 
 
-def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequence[str] = (),
-                 progress: bool = True) -> List[Path]:
-    """Evaluate the run's latest checkpoint; the results files of every (window, task), written
-    now or found done. Raises one of bad_input_errors() on bad input."""
+def _setup(run_dir: Path, tasks: Optional[Iterable[str]], overrides: Sequence[str]):
+    """(recipe, jobs, source) of an evaluation; raises one of bad_input_errors() on bad input."""
     from ..config.resolve import resolve
 
-    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir}: not a directory (expected a run directory)")
     if not (run_dir / "resolved.yaml").is_file():
@@ -161,7 +158,25 @@ def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequ
     from ..hf.convert import find_source
 
     source = find_source(run_dir)  # the checkpoint `latest` names; ConversionError if none
-    jobs = _plan(run_dir, recipe, names, windows)
+    return recipe, _plan(run_dir, recipe, names, windows), source
+
+
+def pending_evaluations(run_dir, tasks: Optional[Iterable[str]] = None,
+                        overrides: Sequence[str] = ()) -> List[str]:
+    """What `evaluate_run` with these arguments would still compute: `<task>-w<window>` for each
+    (task, window) whose results file is missing or is not of the latest checkpoint's step and
+    these settings; [] when all are done. Raises one of bad_input_errors() like evaluate_run (no
+    checkpoint: the conversion's error)."""
+    _, jobs, source = _setup(Path(run_dir), tasks, overrides)
+    return [f"{j.task}-w{j.window}" for j in jobs if not _is_done(j, source.step)]
+
+
+def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequence[str] = (),
+                 progress: bool = True) -> List[Path]:
+    """Evaluate the run's latest checkpoint; the results files of every (window, task), written
+    now or found done. Raises one of bad_input_errors() on bad input."""
+    run_dir = Path(run_dir)
+    recipe, jobs, source = _setup(run_dir, tasks, overrides)
     todo = [j for j in jobs if not _is_done(j, source.step)]
     for j in jobs:
         if j not in todo:
@@ -386,5 +401,5 @@ def _run_ppl(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> d
                                    "sequences": count, "buckets": buckets}}
 
 
-__all__ = ["EvalError", "bad_input_errors", "evaluate_run", "ppl_edges", "settings_hash",
+__all__ = ["EvalError", "bad_input_errors", "evaluate_run", "pending_evaluations", "ppl_edges", "settings_hash",
            "validation_tokens"]

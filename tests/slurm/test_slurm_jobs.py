@@ -10,7 +10,9 @@ rest runs on the GPU cluster only.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -349,5 +351,80 @@ def test_log_folder_that_cannot_be_created(swax, cluster, tmp_path):
 
 
 def test_scripts_are_valid_bash():
-    for name in ("pretrain.sh", "sweep.sh"):
+    for name in ("pretrain.sh", "sweep.sh", "eval.sh"):
         subprocess.run(["bash", "-n", os.path.join(REPO, "slurm", name)], check=True)
+
+
+# --- swax eval submit / slurm/eval.sh ----------------------------------------------------------
+EVAL_TASKS = "passkey,ppl_by_position"
+SMALL_EVAL = ["eval.lengths=[512]", "eval.samples=1", "eval.depths=[0]", "eval.ppl_sequences=1"]
+
+
+@on_gpu_cluster
+def test_eval_submit_evaluates_runs_and_skips_done_ones(swax, cluster, reference, tmp_path):
+    """`swax eval submit` of the reference run (trained, 16 steps) and of a run without a
+    checkpoint: one array task for the first, a note for the second; the results files appear;
+    a second submit submits nothing; slurm/eval.sh run locally skips the done results too."""
+    run_dir = reference[3]
+    nockpt = tmp_path / "no-checkpoint"
+    nockpt.mkdir()
+    shutil.copy(os.path.join(run_dir, "resolved.yaml"), nockpt / "resolved.yaml")
+    ev = [run_dir, str(nockpt), "--tasks", EVAL_TASKS, *SMALL_EVAL]
+
+    p = swax.cli("eval", "submit", *ev, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    cmd = shlex.split(p.stdout)
+    assert cmd[:3] == ["sbatch", "--parsable", "--array=0"], p.stdout
+    assert "--gpus-per-node=1" in cmd and "--ntasks-per-node=1" in cmd and "--no-requeue" in cmd
+    script = cmd.index(os.path.join(REPO, "slurm", "eval.sh"))
+    assert cmd[script + 1:] == [run_dir, "--tasks", EVAL_TASKS, *SMALL_EVAL], cmd
+    assert f"{nockpt}: no checkpoint to evaluate" in p.stderr, p.stderr
+
+    job = swax.submit("eval", "submit", *ev)  # `eval submit` is `eval-submit`
+    infos, log = finished(cluster, job)
+    assert [i["JobState"] for i in infos] == ["COMPLETED"], log
+    assert f"run 1 of 1: {run_dir}" in log and f"evaluated {run_dir}" in log, log
+    results = {}
+    for path in glob.glob(os.path.join(run_dir, "eval", "*.json")):
+        with open(path) as f:
+            data = json.load(f)
+        results[data["task"]] = data
+    assert sorted(results) == ["passkey", "ppl_by_position"], log
+    assert {r["checkpoint"]["step"] for r in results.values()} == {STEPS}
+    assert results["passkey"]["settings"]["lengths"] == [512]
+    mtimes = sorted(os.path.getmtime(p) for p in glob.glob(os.path.join(run_dir, "eval", "*")))
+
+    before = job_ids(cluster)
+    p = swax.cli("eval-submit", *ev)
+    assert p.returncode == 0 and p.stdout == "" and "nothing to submit" in p.stderr, p.stderr
+    assert f"{run_dir}: all requested evaluations done" in p.stderr, p.stderr
+    assert job_ids(cluster) == before
+    # a task not done yet makes the run due again
+    p = swax.cli("eval", "submit", run_dir, "--tasks", "mqar", *SMALL_EVAL, "--dry-run")
+    assert p.returncode == 0 and " --array=0 " in p.stdout, p.stderr
+
+    p = swax.script("eval.sh", run_dir, "--tasks", EVAL_TASKS, *SMALL_EVAL, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stderr.count(", skipped") == 2, p.stderr
+    assert mtimes == sorted(os.path.getmtime(p) for p in glob.glob(os.path.join(run_dir, "eval", "*")))
+
+
+@on_gpu_cluster
+def test_eval_submit_bad_input_is_one_line(swax, cluster, reference, tmp_path):
+    run_dir = reference[3]
+    before = job_ids(cluster)
+    for args, message in [
+        ([str(tmp_path / "missing")], "neither a recipe file nor a run directory"),
+        ([str(tmp_path)], "not a run directory (no resolved.yaml)"),
+        ([run_dir, "--tasks", "nosuch"], "unknown evaluation task 'nosuch'"),
+        ([run_dir, "train.steps=3"], "only eval.* settings can be changed"),
+        ([run_dir, "eval.samples=0"], "eval.samples"),
+        ([RECIPE, run_dir], "give one recipe, or run directories, not both"),
+        ([run_dir, "--parallel", "0"], "--parallel must be at least 1"),
+    ]:
+        p = swax.cli("eval", "submit", *args)
+        assert p.returncode == 2 and p.stdout == "", (args, p.stderr)
+        assert p.stderr.count("\n") == 1 and message in p.stderr, (args, p.stderr)
+    assert job_ids(cluster) == before
+    p = swax.script("eval.sh", str(tmp_path / "missing"))
+    assert p.returncode == 2 and "neither a recipe file nor a run directory" in p.stderr, p.stderr
