@@ -17,7 +17,8 @@ Each task writes one results file in the harness' format (eval/report_data.py re
 `<results_dir>/lm_eval-<name>-w<window>-<hash8>.json` with format 1, task "lm_eval:<name>", kind
 "lm_eval", window, checkpoint {path, step}, settings, settings_hash, created, metrics {name: value}
 (lm_eval's "acc,none" is "acc"; other filters keep the ",filter" suffix) and score (the main
-accuracy in percent: acc, else acc_norm, exact_match, ...; null when none). The settings hash
+accuracy in percent: acc, else acc_norm, exact_match, ...; null when none); stderrs are null
+(bootstrap_iters=0: no bootstrapping). The settings hash
 covers the evaluation settings and the bytes of the include path's files, so editing a local task
 redoes it; a file already there with the same checkpoint step and hash is skipped (nothing loaded).
 `results_dir` defaults to RUN_DIR/eval for a run and EXPORT_DIR/eval for an export.
@@ -34,7 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from .harness import RESULTS_FORMAT, EvalError, _is_done, _Job, settings_hash
 
@@ -164,8 +165,7 @@ def evaluate_lm_eval(target, tasks: Iterable[str], *, include_path=None, results
     ck_window = int(ck_window) if ck_window is not None else 0
 
     settings = {"window": ck_window, "batch_size": batch_size, "max_length": max_length, "limit": limit,
-                "num_fewshot": num_fewshot, "seed": seed, "lm_eval": lm_eval.__version__
-                if hasattr(lm_eval, "__version__") else None}
+                "num_fewshot": num_fewshot, "seed": seed, "lm_eval": getattr(lm_eval, "__version__", None)}
     jobs = []
     for name in names:
         config = {"lm_eval_task": name, "include_files": _files_hash(inc)}

@@ -102,6 +102,7 @@ def test_metrics_are_accuracies_and_the_file_has_the_harness_format(evaluated, e
         assert 0.0 <= r.metrics[name] <= 1.0
         assert (r.metrics[name] * N) == pytest.approx(round(r.metrics[name] * N))  # k of N right
     assert r.score == pytest.approx(100 * r.metrics["acc"])
+    print(f"\nrandom export: {r.metrics}")
     assert r.path.parent == results and r.path.name.startswith("lm_eval-swax_tiny_mc-w16-")
     data = json.loads(r.path.read_text())
     assert data["format"] == 1 and data["kind"] == "lm_eval" and data["task"] == "lm_eval:swax_tiny_mc"
@@ -151,3 +152,37 @@ def test_bad_inputs_are_eval_errors(export, tmp_path):
     with pytest.raises(EvalError, match="unknown lm_eval task"):
         evaluate_lm_eval(export, ["swax_no_such_task"], include_path=write_tasks(tmp_path / "t"),
                          results_dir=tmp_path / "r", progress=False)
+
+
+def test_a_run_directory_is_exported_first(tmp_path_factory):
+    """A real tiny training run (forked swax-train, 4 steps): exported to a temporary directory
+    with export_to_hf, evaluated, the file in RUN_DIR/eval with the checkpoint step and the run's
+    window, read by the report like the harness' files."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from forkrun import TINY_RECIPE, find_run_dir, fork_run, make_tiny_corpus, tiny_overrides
+
+    from swax_megatron.eval.lm_eval_adapter import evaluate_lm_eval
+    from swax_megatron.eval.report_data import read_results
+
+    root = tmp_path_factory.mktemp("lm_eval_run")
+    corpus = make_tiny_corpus(root / "corpus")
+    argv = [TINY_RECIPE, *tiny_overrides(corpus, root / "runs", steps=4, every=4,
+                                          extra=["slurm.gpus_per_node=1"])]
+    launch = fork_run(argv, 1, root / "logs", timeout=180)
+    assert launch.codes == [0], launch.log
+    run = find_run_dir(root / "runs")
+    tasks = write_tasks(root / "tasks")
+    out = evaluate_lm_eval(run, ["swax_tiny_mc"], include_path=tasks, max_length=128, progress=False)
+    r = out["swax_tiny_mc"]
+    assert r.path.parent == run / "eval" and 0.0 <= r.metrics["acc"] <= 1.0
+    data = json.loads(r.path.read_text())
+    assert data["checkpoint"]["step"] == 4 and data["window"] == 64 and data["kind"] == "lm_eval"
+    assert Path(data["checkpoint"]["path"]).is_relative_to(run)
+    print(f"\nrun {run.name}: acc {r.metrics['acc']}, acc_norm {r.metrics['acc_norm']}, {data['checkpoint']}")
+    latest, _, notes = read_results(run)
+    assert [(x.task, x.kind, x.step) for x in latest] == [("lm_eval:swax_tiny_mc", "lm_eval", 4)], notes
+    assert not list(run.parent.glob("export*")) and not (run / "export").exists()
+    again = evaluate_lm_eval(run, ["swax_tiny_mc"], include_path=tasks, max_length=128, progress=False)
+    assert again["swax_tiny_mc"].skipped
