@@ -173,21 +173,36 @@ def _cmd_generate(args) -> int:
     return _with_hf_extra("generate", call)
 
 
+def _names(text: Optional[str], option: str) -> Optional[List[str]]:
+    """A comma-separated list option; None when not given; [] (an error) when it names nothing."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        print(f"swax: error: {option} names no task", file=sys.stderr)
+    return names
+
+
 def _cmd_eval(args) -> int:
-    """Evaluate a run's latest checkpoint (swax_megatron.eval.harness); prints the results files.
-    Bad input (not a run directory, no or a damaged checkpoint, an unknown task): one line, exit 2."""
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        if not tasks:
-            print("swax: error: --tasks names no task", file=sys.stderr)
-            return EXIT_USAGE
+    """Evaluate a run's latest checkpoint (swax_megatron.eval.harness; lm-eval with --lm-eval);
+    prints the results files. Bad input (not a run directory, no or a damaged checkpoint, an
+    unknown task): one line, exit 2."""
+    tasks, lm_tasks = _names(args.tasks, "--tasks"), _names(args.lm_eval, "--lm-eval")
+    if tasks == [] or lm_tasks == []:
+        return EXIT_USAGE
 
     def call():
         from .eval.harness import evaluate_run
 
-        for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides):
-            print(path)
+        if tasks is not None or lm_tasks is None:  # --lm-eval alone runs lm-eval only
+            for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides):
+                print(path)
+        if lm_tasks is not None:
+            from .eval.lm_eval_adapter import evaluate_lm_eval
+
+            for result in evaluate_lm_eval(args.recipe, lm_tasks,
+                                           include_path=args.lm_eval_include).values():
+                print(result.path)
         return 0
     return _with_hf_extra("eval", call)
 
@@ -200,12 +215,9 @@ def _cmd_eval_submit(args) -> int:
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     from .launch.evaljob import plan_eval
 
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        if not tasks:
-            print("swax: error: --tasks names no task", file=sys.stderr)
-            return EXIT_USAGE
+    tasks = _names(args.tasks, "--tasks")
+    if tasks == []:
+        return EXIT_USAGE
     targets = [a for a in args.targets if "=" not in a or os.path.exists(a)]
     overrides = [a for a in args.targets if a not in targets] + list(args.overrides)
     ep = plan_eval(targets, overrides, tasks=tasks, parallel=args.parallel,
@@ -290,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "recipe":
             action.metavar = "RUN_DIR"
     ev.add_argument("--tasks", metavar="A,B", help="these tasks (default: the recipe's eval.tasks)")
+    ev.add_argument("--lm-eval", metavar="A,B", help="lm-evaluation-harness tasks on the run's "
+                    "Hugging Face export (eval extra; offline); alone, only these run")
+    ev.add_argument("--lm-eval-include", metavar="DIR",
+                    help="a directory of local lm-eval task YAMLs (dataset_path: json + data_files)")
 
     es = sub.add_parser("eval-submit", help="`swax eval submit`: evaluate runs as a SLURM array "
                                             "job (slurm/eval.sh), skipping finished evaluations")

@@ -186,3 +186,21 @@ def test_a_run_directory_is_exported_first(tmp_path_factory):
     assert not list(run.parent.glob("export*")) and not (run / "export").exists()
     again = evaluate_lm_eval(run, ["swax_tiny_mc"], include_path=tasks, max_length=128, progress=False)
     assert again["swax_tiny_mc"].skipped
+
+
+def test_swax_eval_lm_eval_on_the_command_line(evaluated, export, tmp_path, capsys):
+    # `swax eval DIR --lm-eval TASKS --lm-eval-include DIR`: lm-eval only, the results file printed.
+    import shutil
+
+    from swax_megatron.cli import main
+
+    _, tasks, _ = evaluated
+    target = tmp_path / "export"
+    shutil.copytree(export, target)
+    assert main(["eval", str(target), "--lm-eval", "swax_tiny_forced",
+                 "--lm-eval-include", str(tasks)]) == 0
+    (printed,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    data = json.loads(Path(printed).read_text())
+    assert data["task"] == "lm_eval:swax_tiny_forced" and data["score"] == 100.0
+    assert main(["eval", str(target), "--lm-eval", " , "]) == 2
+    assert "--lm-eval names no task" in capsys.readouterr().err
