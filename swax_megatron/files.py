@@ -4,12 +4,14 @@ other. The one home of atomic file writing; imports nothing of the package.
 
     atomic_write("run/summary.json", text)           # str or bytes
     with atomic_path("cache/x.bin") as tmp: ...      # write tmp; renamed onto the final path
+    with atomic_directory("hf/export") as tmp: ...   # a whole directory, the same way
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
@@ -50,3 +52,27 @@ def atomic_write(final: Union[str, os.PathLike], data: Union[str, bytes]) -> Pat
             f.flush()
             os.fsync(f.fileno())
     return Path(final)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a hidden temporary directory beside `final` (which must not exist: FileExistsError);
+    renamed onto it when the body succeeds, removed when it fails, so a half-written directory
+    never looks complete. Files get the permissions the umask allows (mkdtemp makes 0700)."""
+    final = Path(final)
+    if final.exists() or final.is_symlink():
+        raise FileExistsError(f"{final}: already exists")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        if final.exists() or final.is_symlink():
+            raise FileExistsError(f"{final}: appeared while it was being written; discarded")
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..cliutil import OneLineParser, first_line, nonnegative_int, positive_int
+from ..files import atomic_directory
 from ..exit_codes import EXIT_BAD_INPUT
 from .weights import (ConversionError, LAYER_TYPES, hf_config_from_recipe, hf_to_megatron,
                       megatron_to_hf, recipe_model_fields)
@@ -73,8 +73,9 @@ def bad_input_errors() -> tuple:
     from ..data.errors import DataError
     from ..models.config import SwaxConfigError
     from ..training.checkpoint import CheckpointError
+    from ..training.distributed import LaunchError
 
-    return (ConversionError, RecipeError, DataError, CheckpointError, SwaxConfigError)
+    return (ConversionError, RecipeError, DataError, CheckpointError, SwaxConfigError, LaunchError)
 
 
 def _few(names, limit: int = 3) -> str:
@@ -162,29 +163,11 @@ def find_source(path: str | os.PathLike, step: Optional[int] = None) -> Source:
 
 # --- one process, any layout ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def single_process_world(seed: int = DEFAULT_SEED):
-    """A gloo world of one process with megatron's TP=1 / PP=1 groups, torn down on exit."""
-    from ..parallel import cpu_compat
-    from ..training import distributed
+    """A one-process gloo world (training.distributed) at the conversion seed."""
+    from ..training.distributed import single_process_world as world
 
-    cpu_compat.apply()
-    if torch.distributed.is_initialized():
-        raise ConversionError("a torch.distributed process group is already initialised in this "
-                              "process; convert in a process of its own")
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                         rank=0, world_size=1)
-    try:
-        distributed.init_model_parallel(1, 1, seed)
-        yield
-    finally:
-        distributed.teardown()  # also drops the groups megatron leaves behind
+    return world(seed)
 
 
 def recipe_from_dict(data: Any, where: str):
@@ -566,32 +549,17 @@ def verify_conversion(c: Converted, seed: int = 0, new_tokens: int = VERIFY_NEW_
 # --- writing --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike):
-    """Yield a hidden temporary directory beside `final`; renamed onto it when the body succeeds,
-    removed when it fails. `final` must not exist."""
+def output_directory(final: str | os.PathLike):
+    """files.atomic_directory with the refusals as ConversionError lines: an export or an import
+    never writes over an existing directory, and a failed one leaves nothing."""
     final = Path(final)
     if final.exists() or final.is_symlink():
         raise ConversionError(f"{final}: already exists; choose a new output directory (nothing was written)")
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
-    except OSError as e:
-        raise ConversionError(f"{final}: cannot create it ({e.strerror})") from None
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp (and some writers) make owner-only files
-            if path.is_dir():
-                os.chmod(path, 0o777 & ~umask)
-            elif path.is_file():
-                os.chmod(path, 0o666 & ~umask)
-        if final.exists() or final.is_symlink():
-            raise ConversionError(f"{final}: appeared while converting; the result was discarded")
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(final) as tmp:
+            yield tmp
+    except FileExistsError:  # someone else created it while this one was converting
+        raise ConversionError(f"{final}: appeared while converting; the result was discarded") from None
 
 
 def _training_record(source: Source, common: Dict[str, Any], seq_length: int) -> Dict[str, Any]:
@@ -765,7 +733,7 @@ def export_to_hf(src: str | os.PathLike, out: str | os.PathLike, *, step: Option
         c.megatron = None  # holds process groups: freed with the world (distributed.teardown)
     dtype_name = {v: k for k, v in DTYPES.items()}[c.dtype]
     record = _training_record(source, c.checkpoint.common, c.checkpoint.recipe.train.seq_length)
-    with atomic_directory(out) as tmp:
+    with output_directory(out) as tmp:
         c.hf.save_pretrained(tmp, max_shard_size=max_shard_size)
         c.tokenizer.hf.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(c, record, dtype_name))
@@ -937,7 +905,7 @@ def _reshard(scratch: Path, dest: Path, recipe, vocab: int, dtype: torch.dtype, 
     """Fork tp x pp gloo ranks that load the TP=1 checkpoint `scratch` and save it at (tp, pp)."""
     from ..training import distributed
 
-    world, port = tp * pp, _free_port()
+    world, port = tp * pp, distributed.free_port()
     errors = Path(tempfile.mkdtemp(prefix="swax_reshard_"))
     pids = []
     try:
@@ -1050,7 +1018,7 @@ def import_from_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int
         "run_name": info.get("name"), "export_training": info.get("training"),
     }
     vocab = config.vocab_size
-    with atomic_directory(out) as tmp:
+    with output_directory(out) as tmp:
         final = tmp / iter_name(state.step)
         with single_process_world():
             model = build_megatron(recipe, vocab, dtype)

@@ -11,6 +11,7 @@ NCCL on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -61,7 +62,7 @@ def detect(env: Optional[Dict[str, str]] = None) -> DistEnv:
     return DistEnv(0, 1, 0, 1, "single")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -84,7 +85,7 @@ def init_process_group(d: DistEnv) -> str:
     on_gpu = torch.cuda.is_available()
     if d.launcher == "single":
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     elif d.launcher == "slurm":
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
@@ -121,6 +122,26 @@ def init_model_parallel(tp: int, pp: int, seed: int) -> None:
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
                                              pipeline_model_parallel_size=pp)
     cpu_compat.model_parallel_seed(seed)
+
+
+@contextlib.contextmanager
+def single_process_world(seed: int):
+    """A gloo world of one process with megatron's TP=1 / PP=1 groups, torn down on exit: for
+    work on a checkpoint outside a training job (conversion, evaluation). LaunchError when a
+    process group already exists in this process."""
+    from ..parallel import cpu_compat
+
+    cpu_compat.apply()
+    if torch.distributed.is_initialized():
+        raise LaunchError("a torch.distributed process group is already initialised in this "
+                          "process; run this in a process of its own")
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}",
+                                         rank=0, world_size=1)
+    try:
+        init_model_parallel(1, 1, seed)
+        yield
+    finally:
+        teardown()
 
 
 def teardown() -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import List, Sequence
 
-from .distributed import _free_port
+from .distributed import free_port
 from ..exit_codes import EXIT_REQUEUE
 
 FORWARDED = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -35,7 +35,7 @@ def _stop(procs: List[subprocess.Popen]) -> None:
 
 
 def launch_local(nproc: int, argv: Sequence[str]) -> int:
-    port = str(_free_port())
+    port = str(free_port())
     procs: List[subprocess.Popen] = []
     cores = os.cpu_count() or 1
     stop = {"signal": None, "sent": 0.0}
