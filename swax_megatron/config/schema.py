@@ -97,6 +97,14 @@ class ParallelConfig:
     # Data parallel size is derived: world size (slurm.nodes x slurm.gpus_per_node) / (tp x pp).
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
+    # DeepSpeed Ulysses degree: each rank holds seq_length / ulysses_size tokens; an all-to-all
+    # switches to head sharding around each mixer (SWA and mLSTM see whole sequences for their
+    # heads). Data parallel = world / (tp x pp x ulysses_size).
+    ulysses_size: int = 1
+    # megatron DDP: gradient reduction overlapped with the backward pass, bucket by bucket; with
+    # the distributed optimizer, the parameter all-gather overlapped with the next forward.
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True  # only with use_distributed_optimizer
 
 
 @dataclass
@@ -110,6 +118,18 @@ class WindowScheduleConfig:
 
 
 @dataclass
+class RecomputeConfig:
+    # Activation recomputation (megatron-core's settings, extended to the mLSTM mixer):
+    # none; selective: only `modules` recompute their forward in backward; full: whole layers of
+    # the kinds in `layer_types` (S, G, X), `num_layers` at a time by `method`.
+    granularity: Literal["none", "selective", "full"] = "none"
+    modules: List[str] = field(default_factory=lambda: ["core_attn", "mlstm_cell"])
+    layer_types: List[str] = field(default_factory=lambda: ["S", "G", "X"])
+    method: Literal["uniform", "block"] = "uniform"
+    num_layers: int = 1
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     micro_batch_size: int = 1
@@ -117,6 +137,7 @@ class TrainConfig:
     seq_length: int = 2048
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     window_schedule: WindowScheduleConfig = field(default_factory=WindowScheduleConfig)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     log_every: int = 1
     eval_every: int = 200
     eval_iters: int = 10
@@ -165,6 +186,10 @@ class CheckpointConfig:
     # run has none of its own yet; once it has, its own `latest` wins (and records this load).
     load: Optional[str] = None
     finetune: bool = False  # with `load`: take only the weights; step 0, fresh optimizer
+    # Saves in the background (megatron dist-checkpointing async queue): training goes on while
+    # the shards are written; `latest` moves only once every rank has finished writing.
+    async_save: bool = False
+    fully_parallel: bool = True  # fully-parallel save/load strategies (each rank writes/reads a share)
 
 
 # What `swax eval RUN_DIR` measures (swax_megatron/eval/harness.py). Not part of the config hash:

@@ -63,6 +63,8 @@ INT_RANGES: List[Tuple[str, int, int]] = [
     ("model.mlstm.chunk_size", 1, MAX_TOKENS),
     ("parallel.tensor_model_parallel_size", 1, MAX_NODES * MAX_GPUS_PER_NODE),
     ("parallel.pipeline_model_parallel_size", 1, MAX_NODES * MAX_GPUS_PER_NODE),
+    ("parallel.ulysses_size", 1, MAX_NODES * MAX_GPUS_PER_NODE),
+    ("train.recompute.num_layers", 1, pattern_mod.MAX_LAYERS),
     ("train.steps", 1, MAX_STEPS),
     ("train.micro_batch_size", 1, MAX_BATCH),
     ("train.global_batch_size", 1, MAX_BATCH),
@@ -304,10 +306,11 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
 
     # Parallel layout and batches.
     world = r.world_size
-    c.require(world % (tp * pp) == 0, "parallel",
+    ulysses = p.ulysses_size
+    c.require(world % (tp * pp * ulysses) == 0, "parallel",
               f"world size {world} (slurm.nodes x slurm.gpus_per_node) is not divisible by "
-              f"tensor x pipeline parallel = {tp} x {pp}")
-    dp = world // (tp * pp)
+              f"tensor x pipeline x ulysses = {tp} x {pp} x {ulysses}")
+    dp = max(1, world // (tp * pp * ulysses))
     c.require(t.global_batch_size % (t.micro_batch_size * dp) == 0, "train.global_batch_size",
               f"{t.global_batch_size} is not divisible by micro_batch_size x data parallel "
               f"= {t.micro_batch_size} x {dp}")
