@@ -211,6 +211,11 @@ class EvalConfig:
     # Position bucket edges in tokens (increasing, from 0); null: 0, S/4, S/2, S, 2S, 4S, ... up to
     # the sequence length (S = train.seq_length).
     ppl_buckets: Optional[List[int]] = None
+    # The recall probe during training (training/validator.py), at every `train.eval_every` with
+    # the validation loss: `probe_samples` fixed samples (from `seed`) of `probe_task` (passkey or
+    # mqar, teacher forced) at the training length and model.swa.window; 0 disables it.
+    probe_task: str = "passkey"
+    probe_samples: int = 4
 
 
 @dataclass

@@ -88,6 +88,7 @@ INT_RANGES: List[Tuple[str, int, int]] = [
     ("eval.ppl_length_factor", 1, 1024),
     ("eval.ppl_sequences", 1, MAX_COUNT),
     ("eval.ppl_buckets", 0, MAX_TOKENS),
+    ("eval.probe_samples", 0, 1024),
     ("slurm.nodes", 1, MAX_NODES),
     ("slurm.gpus_per_node", 1, MAX_GPUS_PER_NODE),
     ("slurm.cpus_per_task", 1, MAX_CPUS_PER_TASK),
@@ -365,9 +366,11 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
 
 def _check_eval(c: _Checker, r: Recipe) -> None:
     """The eval section (`swax eval`): known task names, depths in percent, sane buckets."""
-    from ..eval.names import EVAL_TASKS  # plain Python: no torch
+    from ..eval.names import EVAL_TASKS, PROBE_TASKS  # plain Python: no torch
 
     e = r.eval
+    c.require(e.probe_task in PROBE_TASKS, "eval.probe_task",
+              f"unknown probe task {shorten(e.probe_task, 40)!r}; expected one of {', '.join(PROBE_TASKS)}")
     c.require(e.windows is None or len(e.windows) > 0, "eval.windows",
               "must list at least one window (or be null: model.swa.window)")
     c.require(len(e.tasks) > 0, "eval.tasks", "must list at least one task")
