@@ -60,6 +60,19 @@ class ModelDims:
                    dqk=config.mlstm_head_dims[0], dv=config.mlstm_head_dims[1],
                    chunk=config.mlstm.chunk_size)
 
+    @classmethod
+    def from_model_config(cls, m, vocab: int) -> "ModelDims":
+        """From a resolved recipe's ModelConfig (no megatron, no torch: `swax plan`); `vocab` the
+        padded vocabulary."""
+        from ..config.pattern import expand
+
+        dqk, dv = m.mlstm.head_dims(m.hidden_size)
+        return cls(hidden=m.hidden_size, ffn=m.ffn_hidden_size, vocab=vocab,
+                   symbols=expand(m.layer_pattern), heads=m.num_attention_heads,
+                   groups=m.num_query_groups or m.num_attention_heads,
+                   head_dim=m.hidden_size // m.num_attention_heads, mlstm_heads=m.mlstm.num_heads,
+                   dqk=dqk, dv=dv, chunk=m.mlstm.chunk_size)
+
 
 def mean_keys(seq: int, window: Optional[int]) -> float:
     """Mean number of keys per query under a causal window (None: full causal)."""
@@ -69,18 +82,27 @@ def mean_keys(seq: int, window: Optional[int]) -> float:
     return (w * (w + 1) / 2 + (seq - w) * w) / seq
 
 
+def attention_core_flops(d: ModelDims, seq: int, window: Optional[int]) -> float:
+    """q.k and p.v of one S/G layer (what selective recomputation of core_attn runs again)."""
+    return 4 * d.heads * d.head_dim * mean_keys(seq, window)
+
+
 def attention_flops(d: ModelDims, seq: int, window: Optional[int]) -> float:
     qd, kvd = d.heads * d.head_dim, d.groups * d.head_dim
     proj = 2 * d.hidden * (qd + 2 * kvd) + 2 * qd * d.hidden
-    return proj + 4 * qd * mean_keys(seq, window)
+    return proj + attention_core_flops(d, seq, window)
+
+
+def mlstm_cell_flops(d: ModelDims, seq: int) -> float:
+    """The chunkwise cell of one X layer (what selective recomputation of mlstm_cell runs again)."""
+    L = min(d.chunk, seq)
+    return d.mlstm_heads * (2 * L * d.dqk + 2 * L * d.dv + 4 * d.dqk * d.dv)
 
 
 def mlstm_flops(d: ModelDims, seq: int) -> float:
     H = d.mlstm_heads
     proj = 2 * d.hidden * H * (2 * d.dqk + 2 * d.dv + 2) + 2 * H * d.dv * d.hidden
-    L = min(d.chunk, seq)
-    cell = H * (2 * L * d.dqk + 2 * L * d.dv + 4 * d.dqk * d.dv)
-    return proj + cell
+    return proj + mlstm_cell_flops(d, seq)
 
 
 def mlp_flops(d: ModelDims) -> float:
