@@ -164,3 +164,88 @@ class GlobalCoreAttention(SwaxCoreAttention):
     """G layers: full causal attention; set_window does not affect them."""
 
     sliding = False
+
+
+# --- incremental decoding ---------------------------------------------------------------------------
+
+# Long prefills attend in blocks of this many queries, each against only the keys its window can
+# reach: O(length x window) memory for S layers instead of O(length^2).
+DECODE_QUERY_BLOCK = 512
+
+
+class AttentionCache:
+    """Keys and values [b, heads_kv, T, d] (RoPE applied) an S/G layer keeps between decoding
+    calls, with each key's token index [b, T] (real tokens of its row before it; -1 padding).
+    S layers keep the last `window - 1` columns: with padding only on the left of the first call,
+    those are each row's last `window - 1` tokens, all a later query can see (it is the window's
+    last token itself). G layers keep every key."""
+
+    def __init__(self):
+        self.keys = self.values = self.key_index = None
+
+    def extend(self, keys, values, key_index):
+        """The cached keys followed by this call's: what this call's queries attend to."""
+        if self.keys is None:
+            return keys, values, key_index
+        return (torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2),
+                torch.cat([self.key_index, key_index], dim=1))
+
+    def keep(self, keys, values, key_index, window: Optional[int]) -> None:
+        if window is not None:
+            start = max(0, key_index.shape[1] - (window - 1))
+            keys, values, key_index = keys[:, :, start:], values[:, :, start:], key_index[:, start:]
+        self.keys, self.values, self.key_index = keys, values, key_index
+
+
+def indexed_attention(q, k, v, q_index, k_index, window: Optional[int], softmax_scale: float):
+    """Softmax attention matched by token index, not by position. q [b, h, Lq, d]; k, v
+    [b, hkv, Lk, d]; q_index [b, Lq], k_index [b, Lk] (-1: padding). A query with index t sees the
+    keys with index t - window < s <= t (window None: every s <= t): the sliding / causal masks of
+    the training kernels, invisible to left padding."""
+    qi, ki = q_index[:, :, None], k_index[:, None, :]
+    seen = (ki >= 0) & (ki <= qi)
+    if window is not None:
+        seen = seen & (ki > qi - window)
+    # A padding query sees nothing: let it see everything so softmax stays finite (its output is
+    # never read: padding keys are masked for every later query, padding never updates a state).
+    seen = seen | ~seen.any(-1, keepdim=True)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=seen[:, None], scale=softmax_scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def cached_self_attention(attention, hidden_states, rotary_pos_emb, cache: AttentionCache,
+                          token_index: torch.Tensor):
+    """megatron's SelfAttention (an S or G layer) over this call's tokens, continuing from `cache`
+    (updated in place): the same projections, RoPE and output projection as its forward, with the
+    keys of earlier calls. hidden_states [s, b, hidden]; rotary_pos_emb [s, b, 1, d] (each token's
+    own position); token_index [b, s]. Returns (out, bias) like SelfAttention.forward."""
+    from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    for norm in (attention.q_layernorm, attention.k_layernorm):
+        if norm is not None and not isinstance(norm, IdentityOp):
+            raise ValueError("incremental decoding does not support q/k layernorm")
+    core = attention.core_attention
+    if not isinstance(core, WindowedAttention):
+        raise TypeError(f"{type(core).__name__} is not a WindowedAttention: no window to decode with")
+    query, key, value = attention.get_query_key_value_tensors(hidden_states)  # [s, b, h, d]
+    if rotary_pos_emb is not None:
+        query = apply_rotary_pos_emb(query, rotary_pos_emb, config=attention.config)
+        key = apply_rotary_pos_emb(key, rotary_pos_emb, config=attention.config)
+    q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+    keys, values, key_index = cache.extend(k, v, token_index)
+    window = core.window
+    scale = getattr(core, "softmax_scale", None) or q.shape[-1] ** -0.5
+    s, b = query.shape[0], query.shape[1]
+    past = keys.shape[2] - s
+    outs = []
+    for a in range(0, s, DECODE_QUERY_BLOCK):
+        e = min(a + DECODE_QUERY_BLOCK, s)
+        # Keys within reach of this block: padding is on the left, so inside a call a position and
+        # a token index advance together; cached keys are older than every new one.
+        lo = 0 if window is None or a - window + 1 <= 0 else past + a - window + 1
+        outs.append(indexed_attention(q[:, :, a:e], keys[:, :, lo:past + e], values[:, :, lo:past + e],
+                                      token_index[:, a:e], key_index[:, lo:past + e], window, scale))
+    cache.keep(keys, values, key_index, window)
+    out = torch.cat(outs, dim=2).permute(2, 0, 1, 3).reshape(s, b, -1)
+    return attention.linear_proj(out)

@@ -70,15 +70,17 @@ class SwaxBlock(MegatronModule):
         """The stage input received over p2p replaces forward()'s hidden_states (stages > 0)."""
         self.input_tensor = input_tensor
 
-    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None):
+    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None, inference_state=None):
         if not self.pre_process:
             hidden_states = self.input_tensor
+        # Incremental decoding only: training calls keep the layers' plain signature.
+        extra = {} if inference_state is None else {"inference_state": inference_state}
         # FP8 (recipe model.fp8): one TE fp8_autocast around the stage, as megatron's
         # TransformerBlock does for the delayed-scaling recipe; a null context otherwise.
         with get_fp8_context(self.config):
             for layer in self.layers:
                 hidden_states = layer(hidden_states, attention_mask=attention_mask,
-                                      rotary_pos_emb=rotary_pos_emb)
+                                      rotary_pos_emb=rotary_pos_emb, **extra)
         if self.post_process:
             hidden_states = self.final_norm(hidden_states)
         # The tensor handed to the next stage must not be a view (see megatron TransformerBlock).

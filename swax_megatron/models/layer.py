@@ -52,11 +52,15 @@ class SwaxLayer(MegatronModule):
         return get_bias_dropout_add(self.training, self.config.bias_dropout_fusion)(
             out_with_bias, residual, self.config.hidden_dropout)
 
-    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None):
-        """[s, b, hidden] -> [s, b, hidden]."""
+    def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None, inference_state=None):
+        """[s, b, hidden] -> [s, b, hidden]. inference_state (models.model.InferenceState):
+        incremental decoding, the mixer continuing from this layer's cache in it."""
         residual = hidden_states
-        mixed = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask,
-                           rotary_pos_emb=rotary_pos_emb)
+        if inference_state is None:
+            mixed = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                               rotary_pos_emb=rotary_pos_emb)
+        else:
+            mixed = inference_state.mix(self, self.input_layernorm(hidden_states), rotary_pos_emb)
         hidden_states = self._residual_add(mixed, residual)
         residual = hidden_states
         hidden_states = self._residual_add(self.mlp(self.pre_mlp_layernorm(hidden_states)), residual)

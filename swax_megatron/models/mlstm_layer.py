@@ -70,6 +70,36 @@ def mlstm_cell(q, k, v, i_pre, f_pre, *, gate_soft_cap: Optional[float] = 15.0, 
     return fn(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps, grad=grad)
 
 
+# Left padding in a decoding batch: the input gate shut, the forget gate open, after the soft cap,
+# so a padding position leaves (C, n, m) exactly as it is (as the Hugging Face model does).
+_PAD_IGATE, _PAD_FGATE = -1e30, 1e30
+
+
+class MLSTMCache:
+    """The (C, n, m) state an X layer keeps between incremental decoding calls: a prefill runs the
+    chunkwise cell from it, a one-token call the step op (ops.mlstm.mlstm_step)."""
+
+    def __init__(self):
+        self.state: Optional[State] = None
+
+    def run(self, q, k, v, i_pre, f_pre, real: Optional[torch.Tensor], x) -> torch.Tensor:
+        """q, k [b, h, s, dqk]; v [b, h, s, dv]; gate pre-activations [b, h, s] (biases added);
+        x = config.mlstm. Returns h [b, h, s, dv]; the final state stays here."""
+        from ..ops.mlstm import mlstm_step
+
+        i, f = soft_cap(i_pre, x.gate_soft_cap), soft_cap(f_pre, x.gate_soft_cap)
+        if real is not None:
+            pad = ~real[:, None, :]
+            i, f = i.masked_fill(pad, _PAD_IGATE), f.masked_fill(pad, _PAD_FGATE)
+        if q.shape[2] == 1 and self.state is not None:
+            h, self.state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[..., 0], f[..., 0], self.state,
+                                       eps=x.cell_epsilon)
+            return h[:, :, None]
+        h, self.state = _kernel(x.kernel, q.device)(q, k, v, i, f, chunk_size=x.chunk_size,
+                                                    initial_state=self.state, eps=x.cell_epsilon, grad=x.grad)
+        return h
+
+
 def _set_head_sharded(param: torch.nn.Parameter) -> None:
     # partition_dim 0 = the head axis; DDP / grad-norm / optimizer read these attributes.
     tensor_parallel.set_tensor_model_parallel_attributes(param, True, 0, 1)
@@ -151,9 +181,13 @@ class MLSTMMixer(MegatronModule):
             tp_comm_buffer_name="proj", tp_group=self.tp_group)
 
     def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None, *,
-                initial_state: Optional[State] = None, return_state: bool = False, **kwargs):
+                initial_state: Optional[State] = None, return_state: bool = False,
+                decode_cache: Optional["MLSTMCache"] = None, real: Optional[torch.Tensor] = None,
+                **kwargs):
         """hidden_states [s, b, hidden] -> (out [s, b, hidden], bias) [, final (C, n, m)].
-        attention_mask / rotary_pos_emb are accepted for a uniform mixer signature and unused."""
+        attention_mask / rotary_pos_emb are accepted for a uniform mixer signature and unused.
+        decode_cache (incremental decoding): continue from its state and leave the final one there;
+        real [b, s] bool marks this call's tokens (False: left padding, which leaves the state as it is)."""
         qkvo, _ = self.linear_qkvo(hidden_states)
         gates, _ = self.linear_gates(hidden_states)
         s, b = qkvo.shape[0], qkvo.shape[1]
@@ -164,9 +198,13 @@ class MLSTMMixer(MegatronModule):
         i = (i + self.igate_bias).permute(1, 2, 0)
         f = (f + self.fgate_bias).permute(1, 2, 0)
         x = self.config.mlstm
-        h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=x.gate_soft_cap,
-                              chunk_size=x.chunk_size, initial_state=initial_state,
-                              eps=x.cell_epsilon, kernel=x.kernel, grad=x.grad)
+        if decode_cache is None:
+            h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=x.gate_soft_cap,
+                                  chunk_size=x.chunk_size, initial_state=initial_state,
+                                  eps=x.cell_epsilon, kernel=x.kernel, grad=x.grad)
+        else:
+            h = decode_cache.run(q, k, v, i, f, real, x)
+            state = decode_cache.state
         h = self.out_norm(h.permute(2, 0, 1, 3))  # [s, b, h, dv]
         h = h * torch.sigmoid(o)
         out, bias = self.linear_proj(h.reshape(s, b, self.heads_local * self.dv))

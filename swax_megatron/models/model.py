@@ -5,6 +5,12 @@
     loss = model(tokens, labels=labels)     # [b, s] per-token loss (last stage)
     logits = model(tokens)                  # [b, s, vocab / tp] (last stage)
     sd = model.sharded_state_dict()         # megatron dist_checkpointing, reshards over TP/PP
+
+Incremental decoding (evaluation, eval/layout.py): one InferenceState per stage and batch; a
+prefill call, then one token per call, each continuing from the layers' caches in it:
+    state = InferenceState(); state.set_padding(mask)    # [b, s] left padding, optional
+    logits = model(prompt_ids, inference_state=state)   # prefill
+    logits = model(next_ids, inference_state=state)     # [b, 1]: the step
 """
 
 from __future__ import annotations
@@ -20,11 +26,61 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from .attention import WindowedAttention, check_window, resolve_attention_backend
+from .attention import (AttentionCache, WindowedAttention, cached_self_attention, check_window,
+                        resolve_attention_backend)
 from .block import component_seeds, seeded_init
 from .config import SwaxConfig, SwaxConfigError, swax_config_from_recipe
-from .mlstm_layer import soft_cap
+from .mlstm_layer import MLSTMCache, soft_cap
 from .specs import get_swax_block_spec
+
+
+class InferenceState:
+    """What incremental decoding keeps between calls of one stage's forward: per row, the real
+    tokens seen so far; per layer, its cache (S/G: attention.AttentionCache, the keys of the last
+    window - 1 tokens or of all; X: mlstm_layer.MLSTMCache, the (C, n, m) state).
+
+    Tokens are numbered per row by real tokens before them (left padding: -1), so a padded row
+    computes what it would alone: RoPE positions are these numbers, attention matches keys by
+    them, padding leaves mLSTM states as they are."""
+
+    def __init__(self):
+        self.token_count: Optional[torch.Tensor] = None  # [b]
+        self.token_index: Optional[torch.Tensor] = None  # [b, s] of the current call
+        self.real: Optional[torch.Tensor] = None  # [b, s] bool of the current call, None: all real
+        self.caches = {}
+        self._padding: Optional[torch.Tensor] = None
+
+    def set_padding(self, mask: Optional[torch.Tensor]) -> None:
+        """The next call's [b, s] mask (1/True: token, 0/False: padding, on the left)."""
+        self._padding = None if mask is None else mask.to(torch.bool)
+
+    def begin(self, batch: int, length: int, device) -> torch.Tensor:
+        """Number the next call's tokens; returns their RoPE positions [b, s]."""
+        seen = self.token_count if self.token_count is not None else torch.zeros(
+            batch, dtype=torch.long, device=device)
+        real, self._padding = self._padding, None
+        if real is None:
+            index = seen[:, None] + torch.arange(length, device=device)
+            self.token_count = seen + length
+        else:
+            if tuple(real.shape) != (batch, length):
+                raise ValueError(f"padding mask of shape {tuple(real.shape)} for a call of {(batch, length)}")
+            real = real.to(device)
+            index = (seen[:, None] + real.long().cumsum(-1) - 1).masked_fill(~real, -1)
+            self.token_count = seen + real.long().sum(-1)
+        self.token_index, self.real = index, real
+        return index.clamp(min=0)
+
+    def mix(self, layer, hidden_states, rotary_pos_emb):
+        """layer.mixer over this call's tokens, continuing from the layer's cache: (out, bias)."""
+        cache = self.caches.get(layer.layer_number)
+        if layer.symbol == "X":
+            if cache is None:
+                cache = self.caches[layer.layer_number] = MLSTMCache()
+            return layer.mixer(hidden_states, decode_cache=cache, real=self.real)
+        if cache is None:
+            cache = self.caches[layer.layer_number] = AttentionCache()
+        return cached_self_attention(layer.mixer, hidden_states, rotary_pos_emb, cache, self.token_index)
 
 
 class SwaxModel(LanguageModule):
@@ -112,13 +168,18 @@ class SwaxModel(LanguageModule):
                 position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None,
                 decoder_input: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, **unused):
+                labels: Optional[torch.Tensor] = None,
+                inference_state: Optional[InferenceState] = None, return_hidden: bool = False,
+                **unused):
         """input_ids [b, s] (first stage). Returns, on the last stage, the per-token loss [b, s]
         when labels [b, s] are given, else logits [b, s, vocab/tp] (vocab-parallel unless
         parallel_output=False); on other stages the hidden states [s, b, hidden] for the next.
 
-        position_ids are not used: RoPE positions are 0..s-1. attention_mask must be None (the
-        attention is causal / sliding by construction)."""
+        position_ids are not used: RoPE positions are 0..s-1 (with inference_state, each token's
+        number in its row). attention_mask must be None (the attention is causal / sliding by
+        construction). inference_state: incremental decoding (module docstring). return_hidden:
+        the last stage returns its final hidden states [s, b, hidden] (output_logits of the
+        positions wanted: a prefill's last, or long sequences in pieces)."""
         if unused:
             bad = {k for k, v in unused.items() if v is not None}
             if bad:
@@ -129,21 +190,32 @@ class SwaxModel(LanguageModule):
         if decoder_input is None and self.pre_process:
             decoder_input = self.embedding(input_ids=input_ids, position_ids=None)
         rotary = None
-        if self.rotary_pos_emb is not None:
-            seq_len = self.rotary_pos_emb.get_rotary_seq_len(None, self.decoder, decoder_input,
-                                                               self.config, None)
-            rotary = self.rotary_pos_emb(seq_len)
-        hidden = self.decoder(decoder_input, rotary_pos_emb=rotary)
-        if not self.post_process:
+        if inference_state is not None:
+            x = decoder_input if decoder_input is not None else self.decoder.input_tensor
+            positions = inference_state.begin(x.shape[1], x.shape[0], x.device)  # [b, s]
+            if self.rotary_pos_emb is not None:  # each token's own position: [s, b, 1, d]
+                rotary = self.rotary_pos_emb(int(positions.max()) + 1)[:, 0][positions.t()]
+            hidden = self.decoder(decoder_input, rotary_pos_emb=rotary, inference_state=inference_state)
+        else:
+            if self.rotary_pos_emb is not None:
+                seq_len = self.rotary_pos_emb.get_rotary_seq_len(None, self.decoder, decoder_input,
+                                                                   self.config, None)
+                rotary = self.rotary_pos_emb(seq_len)
+            hidden = self.decoder(decoder_input, rotary_pos_emb=rotary)
+        if not self.post_process or return_hidden:
             return hidden
+        logits = self.output_logits(hidden)
+        if labels is None:
+            return logits.transpose(0, 1).contiguous()  # [s, b, v] -> [b, s, v]
+        return self.compute_language_model_loss(labels, logits)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [s, b, hidden] -> soft-capped logits [s, b, vocab/tp] (last stage)."""
         weight = None
         if self.share_embeddings_and_output_weights:
             weight = self.shared_embedding_or_output_weight()
         logits, _ = self.output_layer(hidden, weight=weight)
-        logits = soft_cap(logits, self.config.output_logit_soft_cap)
-        if labels is None:
-            return logits.transpose(0, 1).contiguous()  # [s, b, v] -> [b, s, v]
-        return self.compute_language_model_loss(labels, logits)
+        return soft_cap(logits, self.config.output_logit_soft_cap)
 
 
 def swax_model_from_recipe(recipe, vocab_size: Optional[int] = None, *, backend: str = "auto",
