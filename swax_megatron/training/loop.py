@@ -135,7 +135,8 @@ def _prepare(resolved, lock: Optional[RunLock]) -> "Job":
         lr_schedule = LRSchedule.from_recipe(recipe)
         fault = FaultPlan.from_env()
         manager = CheckpointManager(_checkpoint_root(resolved), keep_last=ck.keep_last,
-                                    fault=fault)
+                                    fault=fault, async_save=ck.async_save,
+                                    fully_parallel=ck.fully_parallel)
         start = find_start(resolved, manager.root, recipe.parallel.use_distributed_optimizer)
         state = start.state
         cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir \
@@ -163,7 +164,7 @@ def _prepare(resolved, lock: Optional[RunLock]) -> "Job":
     layout = BatchLayout(tr.micro_batch_size, gbs, ps.get_data_parallel_world_size(),
                          ps.get_data_parallel_rank())
     return Job(resolved, engine, datasets, layout, window, lr_schedule, start, manager, fault,
-               device, n_train, t_job)
+               device, n_train, t_job, tokenizer=tokenizer)
 
 
 class Job:
@@ -171,7 +172,7 @@ class Job:
 
     def __init__(self, resolved, engine, datasets, layout, window: WindowSchedule,
                  lr_schedule: LRSchedule, start: Start, manager: CheckpointManager, fault,
-                 device, n_train: int, t_job: float):
+                 device, n_train: int, t_job: float, tokenizer=None):
         from megatron.core import parallel_state as ps
 
         from ..config.resolve import write_resolved
@@ -218,7 +219,8 @@ class Job:
                                          fault)
         self.eval_window = self.recipe.model.swa.window  # the one rule: schema.SwaConfig
         self.validator = Validator(engine, datasets.valid, layout, tr, self.eval_window,
-                                   self.has_swa, self.log, device)
+                                   self.has_swa, self.log, device, tokenizer=tokenizer,
+                                   eval_config=self.recipe.eval)  # + the recall probe
         self.log.message(
             f"{resolved.run_name}: {self.recipe.model.layer_pattern} hidden "
             f"{self.recipe.model.hidden_size}, seq {tr.seq_length}, global batch "
@@ -306,7 +308,9 @@ class Job:
         return self.finish(EXIT_OK, "done")
 
     def finish(self, code: int, reason: str) -> int:
-        """Close the logs and write exit.json; errors also go to stderr as one line."""
+        """Complete a checkpoint save still in flight, close the logs and write exit.json;
+        errors also go to stderr as one line."""
+        self.checkpointer.finalize()
         self.log.close()
         if _rank0():
             self._write_exit(code, reason, self.checkpointer.last_path)

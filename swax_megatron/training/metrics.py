@@ -5,6 +5,7 @@ metrics.jsonl has one JSON object per line:
      "tokens_per_s": ..., "step_time_s": ..., "skipped": false, "flops_per_token": ..., "mfu": ...}
     {"kind": "eval", "step": 50, "val_loss": ..., "val_ppl": ..., "window": 128}
     {"kind": "checkpoint", "step": 100, "path": "...", "reason": "every_steps"}
+    {"kind": "probe", "step": 50, "task": "passkey", "score": 25.0, "token_accuracy": ..., ...}
 `step` counts optimizer steps done (1 after the first step); `window` is the SWA window the step
 used. Floats are written exactly (repr), so two runs can be compared bitwise.
 
@@ -129,6 +130,18 @@ class RunLogger:
             self.tb.add_scalar("val/ppl", record["val_ppl"], record["step"])
         self.message(f"step {record['step']}: val loss {record['val_loss']:.4f} "
                      f"(ppl {record['val_ppl']:.2f}, window {_w(record['window'])})")
+
+    def probe(self, record: Dict[str, Any]) -> None:
+        """The recall probe (training/validator.py): {"step", "task", "samples", "probes",
+        "length", "score", "token_accuracy" (percent), "window"}."""
+        self._write({"kind": "probe", **record})
+        if self.tb is not None and record.get("score") is not None:
+            self.tb.add_scalar(f"probe/{record['task']}", record["score"], record["step"])
+            self.tb.add_scalar(f"probe/{record['task']}_token_accuracy",
+                               record["token_accuracy"], record["step"])
+        if record.get("score") is not None:
+            self.message(f"step {record['step']}: {record['task']} probe {record['score']:.1f}% "
+                         f"({record['probes']} probes, answer tokens {record['token_accuracy']:.1f}%)")
 
     def checkpoint(self, record: Dict[str, Any]) -> None:
         self._write({"kind": "checkpoint", **record})
