@@ -253,7 +253,8 @@ class Recipe:
     @property
     def data_parallel_size(self) -> int:
         p = self.parallel
-        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
+        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+                                   * p.ulysses_size)
 
 
 # Fields that say where or how a run happens, not what it computes: excluded from the config hash
@@ -263,7 +264,8 @@ class Recipe:
 # `eval`: evaluation settings; each results file carries its own settings hash.
 HASH_EXCLUDED = (
     "run.output_root", "run.description", "data.cache_dir", "checkpoint.dir",
-    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "slurm",
-    "parallel", "train.log_every", "train.exit_after_minutes", "train.deterministic",
+    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last",
+    "checkpoint.async_save", "checkpoint.fully_parallel", "slurm",
+    "parallel", "train.log_every", "train.exit_after_minutes", "train.deterministic", "train.recompute",
     "eval",
 )
