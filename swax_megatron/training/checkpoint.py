@@ -10,7 +10,22 @@ Layout of a checkpoint root (`checkpoint.dir`, default <run dir>/checkpoints):
                        a kill at any moment leaves `latest` at a complete checkpoint
 
 A checkpoint is complete when its manifest exists (a directory without one is a save that was
-killed). Before a checkpoint is loaded, its files are checked against the manifest (the ranks
+killed, or an asynchronous save still in flight).
+
+Saves go through megatron's asynchronous machinery in both modes: `dist_checkpointing.save(...,
+async_sharded_save=True)` returns an AsyncRequest whose finalize steps (torch's .metadata,
+megatron's metadata.json, then ours: manifest, `latest`, pruning) run on every rank once every
+rank's shards are written. `checkpoint.async_save=false` runs it at once (execute_sync);
+`true` hands it to an AsyncCallsQueue and training goes on: on CPU/gloo the writer is megatron's
+TemporalAsyncCaller, a process *forked* from the trainer per save (a copy-on-write snapshot of the
+state, so later steps cannot change what it writes). megatron's PersistentAsyncCaller does not
+run on CPU (its spawned worker calls torch.cuda.set_device(rank % device_count()): division by
+zero) and would pay a fresh interpreter with megatron imported (~8 s) per job. The writer's
+results reach the finalize step through a file in the checkpoint directory instead of megatron's
+queue (see _ResultsFile). One save is in flight at a time; `latest` still moves only after every
+rank finished and the manifest is written. `checkpoint.fully_parallel` wraps the torch_dist
+strategies in megatron's FullyParallelSave/LoadStrategyWrapper over the data-parallel group:
+replicated tensors are written and read once, by one rank each, instead of all by DP rank 0. Before a checkpoint is loaded, its files are checked against the manifest (the ranks
 share the reading), so bit rot or a truncated shard is refused with one line that names the
 newest intact checkpoint, never loaded into NaN steps.
 
@@ -358,16 +373,68 @@ def _unshare_step_tensors(optimizer) -> None:
 
 # --- save / load ----------------------------------------------------------------------------------
 
-def _in_process_results_queue() -> None:
-    """Saves here are synchronous: the writer runs in this process and hands its results over
-    in-process. megatron's default queue lives in a *spawned* Manager process, started on the
-    first save: about 8 s per job on CPU, and impossible inside daemonic processes."""
-    import queue
+class _ResultsFile:
+    """Where megatron's shard writer leaves its results for the finalize step: one file per rank
+    in the checkpoint directory, consumed (deleted) before the manifest is written.
 
+    megatron's own queue lives in a *spawned* Manager process started on the first save (~8 s per
+    job on CPU, and impossible inside daemonic processes); an in-process queue.Queue cannot cross
+    the fork of an asynchronous writer; and a fork-context multiprocessing.Queue deadlocks once the
+    results outgrow the pipe (the writer cannot exit before the trainer reads, and the trainer
+    reads only once the writer has exited). A file has none of these problems."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def put(self, obj) -> None:
+        import pickle
+
+        try:
+            data = pickle.dumps(obj)
+        except Exception as e:  # noqa: BLE001 - an unpicklable exception from a writer
+            data = pickle.dumps(RuntimeError(f"{type(obj).__name__}: {obj} ({e})"))
+        atomic_write(self.path, data)
+
+    def get_nowait(self):
+        import pickle
+        import queue
+
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise queue.Empty from None
+        self.path.unlink()
+        return pickle.loads(data)
+
+
+def _use_results_file(path: Path) -> None:
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = queue.Queue()
+    filesystem_async._results_queue = _ResultsFile(
+        path / f".write_results.{torch.distributed.get_rank()}")
+
+
+def _dies_with_parent(fn):
+    """`fn` for a writer process forked from the trainer, which gets SIGKILL when the trainer
+    dies: a killed rank leaves no writer behind that could write into the next attempt's
+    directory of the same name (Linux; elsewhere the writer runs to its end)."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        parent = os.getppid()
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the trainer died before prctl took effect
+            os._exit(1)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def optimizer_has_state(optimizer) -> bool:
@@ -407,19 +474,27 @@ def _sharded_state(model, optimizer, is_loading: bool, with_rng: bool) -> Dict[s
 class CheckpointManager:
     """Saves and loads checkpoints under `root`; every method is called on every rank."""
 
-    def __init__(self, root: str | os.PathLike, keep_last: int = 2, fault=None):
+    def __init__(self, root: str | os.PathLike, keep_last: int = 2, fault=None,
+                 async_save: bool = False, fully_parallel: bool = True):
         self.root = Path(root)
         self.keep_last = keep_last
         self.fault = fault  # tests only: faults.FaultPlan
+        self.async_save, self.fully_parallel = async_save, fully_parallel
+        self._queue = None  # megatron's AsyncCallsQueue, made on the first asynchronous save
+        self._in_flight: Optional[Path] = None  # the asynchronous save not finalized yet
+        self._completed: List[Path] = []  # finished since the last finalize()
 
     # ----- save -----
     def save(self, step: int, model, optimizer, state: TrainState, extra: Dict[str, Any]
              ) -> Tuple[Optional[Path], Optional[str]]:
-        """Write iter_<step> and move `latest` to it: (path, None); or write nothing and return
-        (None, why) when a weight is NaN/Inf or no update happened yet (see save_blocker).
-        `model` is the bare model (not the DDP wrapper)."""
+        """Start writing iter_<step>: (path, None); or write nothing and return (None, why) when
+        a weight is NaN/Inf or no update happened yet (see save_blocker). A synchronous save has
+        completed (`latest` moved) on return; an asynchronous one completes in a later
+        finalize(). Any save still in flight is finalized first. `model` is the bare model (not
+        the DDP wrapper)."""
         from megatron.core import dist_checkpointing
 
+        self._finalize(blocking=True)
         blocker = save_blocker(model, optimizer)
         if blocker is not None:
             return None, blocker
@@ -436,22 +511,99 @@ class CheckpointManager:
         sd["layout"] = _layout()
         sd["format_version"] = FORMAT_VERSION
         sd.update(extra)
-        _in_process_results_queue()
-        dist_checkpointing.save(sd, str(path))
+        _use_results_file(path)
+        # common.pt is written here, synchronously; the shards by the request.
+        request = dist_checkpointing.save(sd, str(path), sharded_strategy=self._save_strategy(),
+                                          async_sharded_save=True)
+        request.add_finalize_fn(lambda: self._complete(path, step))
+        if not self.async_save:
+            request.execute_sync()
+            return path, None
+        if self._queue is None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._queue = AsyncCallsQueue(persistent=False)  # fork per save: see module doc
+        if request.async_fn is not None:
+            request = request._replace(async_fn=_dies_with_parent(request.async_fn))
+        self._queue.schedule_async_request(request)
+        self._in_flight = path
+        return path, None
+
+    def _save_strategy(self):
+        from megatron.core import parallel_state as ps
+        from megatron.core.dist_checkpointing.serialization import \
+            get_default_save_sharded_strategy
+        from megatron.core.dist_checkpointing.strategies.fully_parallel import \
+            FullyParallelSaveStrategyWrapper
+
+        strategy = get_default_save_sharded_strategy()  # torch_dist
+        if self.fully_parallel:
+            strategy = FullyParallelSaveStrategyWrapper(
+                strategy, ps.get_data_parallel_group(with_context_parallel=True))
+        return strategy
+
+    def _load_strategy(self, path: Path):
+        from megatron.core import parallel_state as ps
+        from megatron.core.dist_checkpointing.serialization import \
+            get_default_load_sharded_strategy
+        from megatron.core.dist_checkpointing.strategies.fully_parallel import \
+            FullyParallelLoadStrategyWrapper
+
+        strategy = get_default_load_sharded_strategy(str(path))
+        if self.fully_parallel:
+            strategy = FullyParallelLoadStrategyWrapper(
+                strategy, ps.get_data_parallel_group(with_context_parallel=True))
+        return strategy
+
+    def _complete(self, path: Path, step: int) -> None:
+        """The last finalize step (every rank): every rank's shards and megatron's metadata are
+        on disk; checksum them, then move `latest` and prune."""
         if self.fault is not None:
             self.fault.at_point("after_shards_written", step)
         torch.distributed.barrier()  # every rank's shards are on disk
         write_manifest(path)
-        if rank == 0:
+        if torch.distributed.get_rank() == 0:
             atomic_write(self.root / LATEST, iter_name(step) + "\n")
             self._prune(step)
         torch.distributed.barrier()
-        return path, None
+        self._completed.append(path)
+
+    def _finalize(self, blocking: bool) -> None:
+        if self._queue is not None and self._queue.get_num_unfinalized_calls():
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+            if not self._queue.get_num_unfinalized_calls():
+                self._in_flight = None
+
+    def finalize(self, blocking: bool = False) -> List[Path]:
+        """The checkpoints completed since the last call. An asynchronous save whose writers have
+        finished on every rank is finalized now (one small all-reduce to agree on that, when a
+        save is in flight); with `blocking`, the one in flight is waited for."""
+        self._finalize(blocking)
+        done, self._completed = self._completed, []
+        return done
+
+    @property
+    def in_flight(self) -> Optional[Path]:
+        return self._in_flight
+
+    def abort(self) -> None:
+        """Kill a writer still in flight (an error exit, where the other ranks may not join a
+        finalize); its directory stays incomplete and is never loaded."""
+        if self._queue is not None:
+            self._queue.close(abort=True)
+            self._queue, self._in_flight = None, None
 
     def _prune(self, latest_step: int) -> None:
+        # Only complete checkpoints count towards keep_last; incomplete ones older than `latest`
+        # (killed saves) go. Newer directories are never touched (a save in flight, or a killed
+        # one that the next save of that step replaces).
         older = [p for p in list_checkpoints(self.root) if step_of(p) < latest_step]
-        for p in older[:max(0, len(older) - (self.keep_last - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
+        complete = [p for p in older if (p / MANIFEST).is_file()]
+        keep = set(complete[max(0, len(complete) - (self.keep_last - 1)):]) \
+            if self.keep_last > 1 else set()
+        for p in older:
+            if p not in keep:
+                shutil.rmtree(p, ignore_errors=True)
 
     # ----- load -----
     @staticmethod
@@ -479,7 +631,8 @@ class CheckpointManager:
         common = self.read_common(path)
         if weights_only:
             try:
-                loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+                loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path),
+                                                 sharded_strategy=self._load_strategy(path))
             except _LOAD_ERRORS as e:
                 raise CheckpointError(f"{path}: does not match this model: "
                                       f"{_first_line(e)[:300]}") from None
@@ -497,7 +650,8 @@ class CheckpointManager:
         with _keep_step_on_load(dist_opts):
             sd = _sharded_state(model, optimizer, is_loading=True, with_rng=same_layout)
             try:
-                loaded = dist_checkpointing.load(sd, str(path))
+                loaded = dist_checkpointing.load(sd, str(path),
+                                                 sharded_strategy=self._load_strategy(path))
             except _LOAD_ERRORS as e:  # megatron and torch raise several types
                 raise CheckpointError(f"{path}: does not match this model/optimizer: "
                                       f"{_first_line(e)[:300]}") from None

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .checkpoint import (CheckpointError, CheckpointManager, TrainState, read_latest,
-                         resolve_load_path, verify)
+from .checkpoint import (MANIFEST, CheckpointError, CheckpointManager, TrainState,
+                         list_checkpoints, read_latest, resolve_load_path, step_of, verify)
 
 
 @dataclasses.dataclass
@@ -58,7 +58,24 @@ def find_start(resolved, root: Path, use_distributed_optimizer: bool) -> Start:
     """The checkpoint this attempt starts from, verified against its manifest (collective).
 
     The run's own `latest` wins over checkpoint.load: the load was applied when the run started,
-    and the run's checkpoints carry it on."""
+    and the run's checkpoints carry it on. Directories of saves that never completed (killed
+    while writing, e.g. with an asynchronous save in flight) are named in the note, never
+    loaded."""
+    start = _find_start(resolved, root, use_distributed_optimizer)
+    partial = incomplete_checkpoints(root)
+    if partial:
+        line = (f"ignoring incomplete checkpoint(s) {', '.join(p.name for p in partial)} in "
+                f"{root} (saves that never finished: no {MANIFEST}); the next save of that "
+                f"step replaces one, pruning removes those older than `latest`")
+        start.note = f"{start.note}\n{line}" if start.note else line
+    return start
+
+
+def incomplete_checkpoints(root: Path) -> list:
+    return [p for p in list_checkpoints(root) if not (p / MANIFEST).is_file()]
+
+
+def _find_start(resolved, root: Path, use_distributed_optimizer: bool) -> Start:
     ck = resolved.recipe.checkpoint
     own = read_latest(root)
     if own is not None:
@@ -118,15 +135,21 @@ def continue_warnings(common: Dict[str, Any], window_state: Dict[str, Any],
 
 class Checkpointer:
     """Decides when to save: the last step, a stop request, every `every_steps` steps, or when
-    `every_minutes` have passed (the clock is read here, agreed over the ranks by the caller)."""
+    `every_minutes` have passed (the clock is read here, agreed over the ranks by the caller).
+
+    With checkpoint.async_save a save completes in the background: each step boundary finalizes
+    a save whose writers have finished everywhere (logged then, with the reason it was started);
+    the last step and a stop request wait for theirs, and finalize() (called by every exit of
+    the job) waits for any still in flight."""
 
     def __init__(self, manager: CheckpointManager, config, start: Start, extra: Dict[str, Any],
                  log, fault=None):
         self.manager, self.config, self.extra, self.log, self.fault = (
             manager, config, extra, log, fault)
-        self.last_path: Optional[Path] = start.path
+        self.last_path: Optional[Path] = start.path  # the newest complete checkpoint
         self._saved_step = start.state.step if start.own else None
         self._saved_at = time.monotonic()
+        self._reasons: Dict[Path, str] = {}  # saves started and not yet completed
 
     def time_due(self) -> bool:
         """This rank's clock says a time-based save is due (the caller agrees on it)."""
@@ -135,6 +158,7 @@ class Checkpointer:
 
     def after_step(self, step: int, model, optimizer, state: TrainState, *, final: bool,
                    stop_reason: Optional[str], time_due: bool) -> None:
+        self._collect(blocking=False)
         if final:
             reason = "final"
         elif stop_reason is not None:
@@ -146,13 +170,27 @@ class Checkpointer:
         else:
             return
         if self._saved_step == step:
+            self._collect(blocking=final or stop_reason is not None)
             return
         path, why_not = self.manager.save(step, model, optimizer, state, self.extra)
         self._saved_at = time.monotonic()
         if path is None:
+            self._collect(blocking=False)  # a save still in flight was finalized by save()
             self.log.message(f"step {step}: no checkpoint written ({reason}): {why_not}")
             return
-        self.log.checkpoint({"step": step, "path": str(path), "reason": reason})
-        self.last_path, self._saved_step = path, step
-        if self.fault is not None:
-            self.fault.at_point("after_save", step)
+        self._saved_step = step
+        self._reasons[path] = reason
+        # The job ends after these: they are complete before anything else happens.
+        self._collect(blocking=final or stop_reason is not None)
+
+    def finalize(self) -> None:
+        """Wait for a save in flight and complete it (every exit of a job calls this first)."""
+        self._collect(blocking=True)
+
+    def _collect(self, blocking: bool) -> None:
+        for path in self.manager.finalize(blocking=blocking):
+            self.log.checkpoint({"step": step_of(path), "path": str(path),
+                                 "reason": self._reasons.pop(path, "?")})
+            self.last_path = path
+            if self.fault is not None:
+                self.fault.at_point("after_save", step_of(path))
