@@ -8,9 +8,11 @@
     swax sweep submit FILE [a.b=c ...] [--parallel K] [--dry-run] [--no-check] [--script PATH]
     swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
                   [--temperature T --seed S]                  (needs the hf extra)
-    swax eval RUN_DIR [--tasks a,b] [eval.key=value ...]     (needs the hf extra)
+    swax eval RUN_DIR [--tasks a,b] [--layout single|run] [eval.key=value ...]   (needs the hf extra)
     swax eval submit RECIPE|RUN_DIR... [--tasks a,b] [--parallel K] [--dry-run] [--no-check]
                      [--script PATH] [eval.key=value ...]    (= swax eval-submit; slurm/eval.sh)
+    swax plan RECIPE [a.b=c ...] --gpus N [--gpu-memory 80GB] [--gpu-flops 989e12] [--mfu 0.4]
+              [--gpus-per-node 8] [--top 5] [--sweep-index I] [--json]
 
 A user error (a recipe typo, a bad override, a sweep index out of range, a recipe that does not
 fit the cluster) prints one line on stderr and exits with status 2; nothing is written or submitted.
@@ -195,7 +197,8 @@ def _cmd_eval(args) -> int:
         from .eval.harness import evaluate_run
 
         if tasks is not None or lm_tasks is None:  # --lm-eval alone runs lm-eval only
-            for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides):
+            for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides,
+                                     layout=args.layout):
                 print(path)
         if lm_tasks is not None:
             from .eval.lm_eval_adapter import evaluate_lm_eval
@@ -229,6 +232,30 @@ def _cmd_eval_submit(args) -> int:
               file=sys.stderr)
         return 0
     return _submit(ep.plan, args.dry_run)
+
+
+def _cmd_plan(args) -> int:
+    """Every valid TP x PP x Ulysses x DP layout of the recipe on --gpus GPUs (swax_megatron.plan)."""
+    from .config.resolve import resolve
+    from .plan.layouts import Cluster
+    from .plan.report import default_gpu_flops, parse_memory, run
+
+    r = resolve(args.recipe, args.overrides, sweep_index=args.sweep_index).recipe
+    try:
+        memory = parse_memory(args.gpu_memory)
+        flops = default_gpu_flops(r) if args.gpu_flops is None else args.gpu_flops
+        if not 0 < args.mfu <= 1:
+            raise ValueError(f"--mfu must be in (0, 1], got {args.mfu}")
+        if not 0 < args.usable_memory <= 1:
+            raise ValueError(f"--usable-memory must be in (0, 1], got {args.usable_memory}")
+        if not flops > 0 or flops == float("inf"):
+            raise ValueError(f"--gpu-flops must be a finite number > 0, got {args.gpu_flops}")
+        cluster = Cluster(gpus=args.gpus, gpu_memory=memory, gpu_flops=flops, mfu=args.mfu,
+                          gpus_per_node=args.gpus_per_node, usable=args.usable_memory)
+        print(run(r, cluster, top=args.top, as_json=args.json, label=f"swax plan {args.recipe}"))
+    except ValueError as e:
+        return error_line("swax", e)
+    return 0
 
 
 def _command(subparsers, name: str, help: str, func) -> argparse.ArgumentParser:
@@ -302,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "recipe":
             action.metavar = "RUN_DIR"
     ev.add_argument("--tasks", metavar="A,B", help="these tasks (default: the recipe's eval.tasks)")
+    ev.add_argument("--layout", choices=("single", "run"), default="single",
+                    help="single (default): the Hugging Face model in this process; run: the megatron "
+                         "model at the run's TP x PP, one process per rank (srun/torchrun's, else local)")
     ev.add_argument("--lm-eval", metavar="A,B", help="lm-evaluation-harness tasks on the run's "
                     "Hugging Face export (eval extra; offline); alone, only these run")
     ev.add_argument("--lm-eval-include", metavar="DIR",
@@ -315,6 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--tasks", metavar="A,B", help="these tasks (default: each run's eval.tasks)")
     es.add_argument("--parallel", type=int, metavar="K", help="at most K runs at once")
     _submission_flags(es, "slurm/eval.sh")
+
+    pl = _command(sub, "plan", "parameters, FLOPs, memory per GPU and tokens/day of every valid "
+                               "TP x PP x Ulysses x DP layout; the best first", _cmd_plan)
+    pl.add_argument("--gpus", type=positive_int, required=True, help="number of GPUs")
+    pl.add_argument("--gpu-memory", default="80GB", help="memory per GPU (default 80GB = 80e9 bytes)")
+    pl.add_argument("--gpu-flops", type=float, help="dense peak FLOP/s per GPU (default: H100 SXM "
+                                                    "at the recipe's precision, 989e12 for bf16)")
+    pl.add_argument("--mfu", type=float, default=0.4,
+                    help="fraction of peak the GPUs sustain while computing (default 0.4)")
+    pl.add_argument("--gpus-per-node", type=positive_int, default=8,
+                    help="tensor parallelism stays within a node (default 8)")
+    pl.add_argument("--usable-memory", type=float, default=0.9,
+                    help="fraction of GPU memory a layout may fill (default 0.9)")
+    pl.add_argument("--top", type=nonnegative_int, default=5, help="layouts shown (0: all)")
+    pl.add_argument("--sweep-index", type=nonnegative_int, help="entry I of the recipe's sweep")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 

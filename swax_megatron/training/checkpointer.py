@@ -9,6 +9,7 @@ The mechanism (sharded save/load, manifest, `latest`) is checkpoint.py; this mod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -143,9 +144,12 @@ class Checkpointer:
     the job) waits for any still in flight."""
 
     def __init__(self, manager: CheckpointManager, config, start: Start, extra: Dict[str, Any],
-                 log, fault=None):
+                 log, fault=None, weights_ready=None):
         self.manager, self.config, self.extra, self.log, self.fault = (
             manager, config, extra, log, fault)
+        # Context under which every rank's weights are whole (engine.gathered_params: with the
+        # overlapped parameter gather an update reaches other ranks' shards in the next forward).
+        self.weights_ready = weights_ready or contextlib.nullcontext
         self.last_path: Optional[Path] = start.path  # the newest complete checkpoint
         self._saved_step = start.state.step if start.own else None
         self._saved_at = time.monotonic()
@@ -172,7 +176,8 @@ class Checkpointer:
         if self._saved_step == step:
             self._collect(blocking=final or stop_reason is not None)
             return
-        path, why_not = self.manager.save(step, model, optimizer, state, self.extra)
+        with self.weights_ready():
+            path, why_not = self.manager.save(step, model, optimizer, state, self.extra)
         self._saved_at = time.monotonic()
         if path is None:
             self._collect(blocking=False)  # a save still in flight was finalized by save()

@@ -8,14 +8,26 @@ A step: set the step's window on this rank's stage -> forward/backward over the 
 -> one all-reduce of the loss sums -> main grads -> grad norm. A NaN/Inf loss
 or grad norm skips the update: gradients are dropped and neither the weights nor the optimizer
 state (Adam moments, its step count) change. Otherwise clip to optim.clip_grad and update.
+
+Overlapped communication (parallel.overlap_grad_reduce / overlap_param_gather; `overlap`):
+megatron DDP reduces each gradient bucket as soon as its last gradient is ready in the last
+micro-batch's backward, and finishes every reduction in finalize_model_grads, inside the
+schedule, so a step's gradients are complete (and nothing is in flight) before the NaN/Inf check
+reads them. With the distributed optimizer, an update writes only this rank's shard of the
+weights; the other shards arrive in the next forward (DDP's forward pre-hooks gather bucket by
+bucket). Whatever reads the weights outside a forward (a checkpoint save) first takes
+`gathered_params`, as Megatron-LM's training loop disables the pre-hooks (a synchronous gather)
+around saves and evaluation. A skipped update changes no weights, so the next forward's gather
+of the unchanged shards is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -35,7 +47,19 @@ def dtype_name(config) -> str:
     return "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
 
 
-def build_engine(recipe, vocab_size: int, device: torch.device) -> Engine:
+def overlap(parallel) -> Tuple[bool, bool]:
+    """(overlap_grad_reduce, overlap_param_gather) in effect: the one home of the rule. The
+    parameter gather exists only with the distributed optimizer (without it every rank updates
+    whole weights), so there overlap_param_gather is off whatever the recipe says; the reduce
+    overlaps at every layout (results bitwise equal: tests/training/test_overlap.py)."""
+    return (bool(parallel.overlap_grad_reduce),
+            bool(parallel.overlap_param_gather and parallel.use_distributed_optimizer))
+
+
+def build_engine(recipe, vocab_size: int, device: torch.device, *,
+                 bucket_size: Optional[int] = None) -> Engine:
+    """bucket_size: parameters per DDP bucket (None: megatron's default, 40M: one bucket for
+    small models); tests set it small so the overlap runs over several buckets."""
     from megatron.core.distributed import (DistributedDataParallel,
                                            DistributedDataParallelConfig, finalize_model_grads)
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -49,11 +73,13 @@ def build_engine(recipe, vocab_size: int, device: torch.device) -> Engine:
         model.cuda(torch.cuda.current_device())
     wrapped = Float16Module(config, model) if (config.bf16 or config.fp16) else model
     use_dist_opt = recipe.parallel.use_distributed_optimizer
+    overlap_grad_reduce, overlap_param_gather = overlap(recipe.parallel)
     ddp = DistributedDataParallel(
         config=config,
         ddp_config=DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False, overlap_param_gather=False,
-            use_distributed_optimizer=use_dist_opt,
+            grad_reduce_in_fp32=True, overlap_grad_reduce=overlap_grad_reduce,
+            overlap_param_gather=overlap_param_gather, use_distributed_optimizer=use_dist_opt,
+            bucket_size=bucket_size,
             check_for_nan_in_grad=False),  # NaN steps are skipped, not raised
         module=wrapped)
     o = recipe.optim
@@ -68,9 +94,28 @@ def build_engine(recipe, vocab_size: int, device: torch.device) -> Engine:
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = ddp.no_sync
     config.finalize_model_grads_func = finalize_model_grads
+    if overlap_grad_reduce:
+        # As Megatron-LM (align_grad_reduce): with PP, stages after the first launch their
+        # reductions once their last backward is done, in the pipeline bubble.
+        config.grad_sync_func = ddp.start_grad_sync
     return Engine(model=model, ddp=ddp, optimizer=optimizer, config=config,
                   seq_length=recipe.train.seq_length,
                   micro_batch_size=recipe.train.micro_batch_size, device=device)
+
+
+@contextlib.contextmanager
+def gathered_params(e: Engine):
+    """Every rank's weights whole for the duration (collective): with overlap_param_gather the
+    other ranks' shards of the last update are otherwise only gathered by the next forward.
+    Megatron-LM's disable/enable_forward_pre_hook; a no-op without the overlap."""
+    if not getattr(e.ddp, "use_forward_hook", False):
+        yield
+        return
+    e.ddp.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        e.ddp.enable_forward_pre_hook()
 
 
 # --- loss -------------------------------------------------------------------------------------

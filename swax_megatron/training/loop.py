@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -176,7 +177,7 @@ class Job:
         from megatron.core import parallel_state as ps
 
         from ..config.resolve import write_resolved
-        from .engine import dtype_name
+        from .engine import dtype_name, gathered_params
 
         self.resolved, self.recipe = resolved, resolved.recipe
         self.engine, self.datasets, self.layout = engine, datasets, layout
@@ -216,7 +217,7 @@ class Job:
                  "initialised_from": start.initialised_from,
                  "use_distributed_optimizer": self.recipe.parallel.use_distributed_optimizer}
         self.checkpointer = Checkpointer(manager, self.recipe.checkpoint, start, extra, self.log,
-                                         fault)
+                                         fault, weights_ready=partial(gathered_params, engine))
         self.eval_window = self.recipe.model.swa.window  # the one rule: schema.SwaConfig
         self.validator = Validator(engine, datasets.valid, layout, tr, self.eval_window,
                                    self.has_swa, self.log, device, tokenizer=tokenizer,
