@@ -22,30 +22,34 @@ from __future__ import annotations
 
 from .niah import VARIANTS as NIAH_VARIANTS
 from .niah import NiahTask
-from .recall import MQARTask, PasskeyTask, training_documents, write_jsonl
+from .recall import MQARTask, PasskeyTask, SynthRecallTask, training_documents, write_jsonl
 from .results import (accuracy_grid, distance_buckets, save_distance_plot, save_heatmap,
                       write_json)
 from .tasks import (DEFAULT_DEPTHS, Probe, Sample, Task, oracle_argmax, string_match_all,
                     string_match_part)
 
-TASK_NAMES = tuple(f"niah_{v}" for v in NIAH_VARIANTS) + ("passkey", "mqar")
+TASK_NAMES = tuple(f"niah_{v}" for v in NIAH_VARIANTS) + ("passkey", "mqar", "synth_mqar",
+                                                            "synth_passkey")
 
 
 def get_task(name: str, **settings) -> Task:
     """A task by name: niah_<variant> (single_1..3, multikey_1..3, multivalue, multiquery),
-    passkey or mqar; `settings` are the task class' keyword arguments."""
+    passkey, mqar, synth_mqar or synth_passkey (the reproduction's token-level documents,
+    swax_megatron.data.recall_data); `settings` are the task class' keyword arguments."""
     if name.startswith("niah_") and name[len("niah_"):] in NIAH_VARIANTS:
         return NiahTask(name[len("niah_"):], **settings)
     if name == "passkey":
         return PasskeyTask(**settings)
     if name == "mqar":
         return MQARTask(**settings)
+    if name in ("synth_mqar", "synth_passkey"):
+        return SynthRecallTask(name[len("synth_"):], **settings)
     raise ValueError(f"unknown evaluation task {name!r}; expected one of {', '.join(TASK_NAMES)}")
 
 
 __all__ = [
     "DEFAULT_DEPTHS", "MQARTask", "NIAH_VARIANTS", "NiahTask", "PasskeyTask", "Probe", "Sample",
-    "TASK_NAMES", "Task", "accuracy_grid", "distance_buckets", "get_task", "oracle_argmax",
-    "save_distance_plot", "save_heatmap", "string_match_all", "string_match_part",
+    "SynthRecallTask", "TASK_NAMES", "Task", "accuracy_grid", "distance_buckets", "get_task",
+    "oracle_argmax", "save_distance_plot", "save_heatmap", "string_match_all", "string_match_part",
     "training_documents", "write_json", "write_jsonl",
 ]

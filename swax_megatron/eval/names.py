@@ -7,7 +7,8 @@ from .niah import VARIANTS as _NIAH_VARIANTS
 
 PPL_TASK = "ppl_by_position"
 GENERATION_TASKS = tuple(f"niah_{v}" for v in _NIAH_VARIANTS)  # greedy decoding, string match
-PROBE_TASKS = ("passkey", "mqar")  # teacher forced: one forward per sample
+# teacher forced: one forward per sample (synth_*: the reproduction's token-level documents)
+PROBE_TASKS = ("passkey", "mqar", "synth_mqar", "synth_passkey")
 EVAL_TASKS = GENERATION_TASKS + PROBE_TASKS + (PPL_TASK,)
 
 

@@ -259,6 +259,56 @@ class MQARTask(_RecallTask):
                       probes=tuple(sorted(probes, key=lambda p: p.start)))
 
 
+class SynthRecallTask(Task):
+    """The token-level recall documents the reproduction trains on (swax_megatron.data.
+    recall_data: `synth_mqar` key-value pairs, `synth_passkey` a passkey, in an order-2 Markov
+    haystack on reserved token ids), as held-out evaluation instances: the same generator,
+    another random stream (this task's split "eval" vs the training documents' own). Teacher
+    forced only (the answers are reserved ids, not text): `ids` is the document, each probe an
+    answer with its distance; `length` counts the end-of-document token the harness puts first."""
+
+    uses_depth = False
+    metric = "string_match_all"
+
+    def __init__(self, kind: str):
+        from ..data.recall_data import KINDS
+
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.name = f"synth_{kind}"
+        self.gen_tokens = 4
+
+    def config(self) -> dict:
+        from ..data.recall_data import FORMAT
+
+        return {"task": self.name, "format": FORMAT}
+
+    @staticmethod
+    def distance_edges(lengths) -> list[int]:
+        """Distance buckets for the report: 0, 16, 32, 64, ... doubling up to the longest
+        length, so the short windows (16, 32, ...) and multiples of the training length are
+        bucket edges."""
+        top, edges = max(lengths), [0, 16]
+        while edges[-1] < top:
+            edges.append(edges[-1] * 2)
+        return edges
+
+    def _sample(self, tokenizer, length, depth, rng, meta, split) -> Sample:
+        from ..data.recall_data import make_document, token_plan
+
+        plan = token_plan(tokenizer)
+        doc = make_document(self.kind, plan, length, rng)
+        probes = tuple(Probe(a, b, " ".join(str(t) for t in doc.ids[a:b]), d)
+                       for a, b, d in doc.probes)
+        last = probes[-1]
+        meta.update(text_tokens=len(doc.ids), target_tokens=length, tolerance=1,
+                    distance=last.distance, probes=len(probes))
+        return Sample(task=self.name, prompt="", prompt_ids=doc.ids[:last.start],
+                      answers=(last.answer,), gen_tokens=last.end - last.start, metadata=meta,
+                      text=None, ids=doc.ids, probes=probes)
+
+
 def training_documents(task: Task, tokenizer: TokenizerLike, *, count: int, length: int,
                        seed: int = 0, start: int = 0) -> Iterator[str]:
     """Texts of `count` training samples (split="train", indices start..start+count-1), each

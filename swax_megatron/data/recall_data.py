@@ -1,0 +1,308 @@
+"""Synthetic recall documents at the token level, for the CPU-scale reproduction (issue 14): the
+training data (`write_recall_dataset`, `tools/make_recall_data.py`) and the held-out evaluation
+instances (`swax_megatron.eval.recall.SynthRecallTask`, tasks `synth_mqar` and `synth_passkey`)
+come from the same function, `make_document`, so train and eval match token for token in kind.
+
+Why token level, not text: a feasibility probe with the project's ops found that a ~190k-parameter
+hybrid learns associative recall in ~2000 steps over an order-2 Markov haystack of 64 tokens
+(an order-1 haystack never did: the recall circuit needs a previous-token head, which only an
+order-2 source teaches), while the text tasks (`mqar`: "The code for falcon is 4821." in
+Shakespeare) need multi-token keys and values and a language model first. Language stays in the
+mix: the recipe blends these documents with the plain corpus (data.source + data.weights).
+
+Reserved tokens: the byte-fallback pieces <0x80>..<0xFF> of the run's SentencePiece vocabulary.
+Plain text reaches them only through characters missing from the vocabulary (none in the
+embedded plays), so the synthetic "language" shares no token with the text. `token_plan` finds
+them by encoding private-use characters (U+E000.. is EE 80 80.. in UTF-8, so their byte pieces
+show where the range sits) and checks the range is contiguous; a tokenizer without byte fallback
+is refused. The 128 ids are split into
+  haystack  0x80..0xBF  64 tokens of an order-2 Markov chain (fixed by CHAIN_SEED: one "language"
+                        for every split and seed), BRANCHING successors per context
+  keys      0xC0..0xD7  24 keys
+  values    0xD8..0xF7  32 values (chance of a recall: 1/32 = 3.1%)
+  marker    0xF8        passkey marker
+Documents (`length` = the tokens the model sees, including the end-of-document token that
+precedes an evaluation instance and ends a training document, so `length - 1` content tokens):
+- mqar: NUM_PAIRS keys, each planted as "k v" and queried later as "k v"; the plant-to-query
+  distances are stratified over [2, length - 3] (the whole document), the answer is v after the
+  second k (a probe; distance = query value position - planted value position);
+- passkey: "M v1 .. vT" (T = PASSKEY_TOKENS values) at a uniform depth, repeated at the end;
+  the answer is v1..vT after the second M (one probe, right when all T are predicted).
+Everything else is haystack, the chain running on through the gaps. Training documents are
+mqar, or passkey with probability PASSKEY_FRACTION; all have `length` tokens, so Megatron's
+samples of seq_length (+1) tokens hold exactly one document each when length = seq_length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+from ..files import atomic_write, temp_beside
+from .errors import DataError
+
+HAYSTACK_TOKENS = 64
+NUM_KEYS = 24
+NUM_VALUES = 32
+BRANCHING = 4  # successors of each (a, b) haystack context
+CHAIN_SEED = 0
+NUM_PAIRS = 8
+PASSKEY_TOKENS = 4
+PASSKEY_FRACTION = 0.25
+KINDS = ("mqar", "passkey")
+MIN_LENGTH = 64  # room for the pairs (4 tokens each) and some haystack
+FORMAT = 1  # of the documents: bump when make_document changes what it writes
+
+_PROBE_CHARS = ("\ue000", "\ue03f")  # UTF-8 EE 80 80 and EE 80 BF: byte pieces 0xEE, 0x80, 0xBF
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """The reserved ids of one vocabulary (see the module doc)."""
+
+    haystack: Tuple[int, ...]
+    keys: Tuple[int, ...]
+    values: Tuple[int, ...]
+    marker: int
+
+    @property
+    def first(self) -> int:
+        return self.haystack[0]
+
+
+def token_plan(tokenizer) -> TokenPlan:
+    """The reserved ids of `tokenizer` (anything with `tokenize`): its byte pieces <0x80>..<0xFF>,
+    found by encoding private-use characters. DataError when they are not there."""
+    a, b = (list(tokenizer.tokenize(c)) for c in _PROBE_CHARS)
+    if len(a) != 3 or len(b) != 3 or a[1] != a[2] or b[:2] != a[:2] or b[2] != a[1] + 0x3F \
+            or a[0] != a[1] + (0xEE - 0x80):
+        raise DataError(None, "the tokenizer has no contiguous byte-fallback pieces <0x80>..<0xFF> "
+                              "(train it with byte_fallback, as the default tokenizer is); the "
+                              "synthetic recall data uses them as reserved tokens")
+    base = a[1]
+    vocab = getattr(tokenizer, "vocab_size", None)
+    if vocab is not None and base + 0x7F >= vocab:
+        raise DataError(None, f"byte pieces at {base}..{base + 0x7F} exceed vocab_size {vocab}")
+    ids = list(range(base, base + 0x80))
+    h, k = HAYSTACK_TOKENS, NUM_KEYS
+    return TokenPlan(tuple(ids[:h]), tuple(ids[h:h + k]), tuple(ids[h + k:h + k + NUM_VALUES]),
+                     ids[h + k + NUM_VALUES])
+
+
+def markov_chain(seed: int = CHAIN_SEED) -> Tuple[np.ndarray, np.ndarray]:
+    """(successors [H, H, BRANCHING] of haystack indices, their cumulative probabilities): each
+    context (a, b) has BRANCHING distinct successors with Dirichlet(1) weights."""
+    g = np.random.default_rng(seed)
+    h = HAYSTACK_TOKENS
+    succ = np.argsort(g.random((h, h, h)), axis=-1)[..., :BRANCHING]
+    w = g.dirichlet(np.ones(BRANCHING), size=(h, h))
+    return succ, np.cumsum(w, axis=-1)
+
+
+_CHAIN = None
+
+
+def _chain():
+    global _CHAIN
+    if _CHAIN is None:
+        succ, cum = markov_chain()
+        _CHAIN = (succ.tolist(), cum.tolist())
+    return _CHAIN
+
+
+def haystack(n: int, rng: random.Random) -> List[int]:
+    """`n` haystack indices (0..H-1) from the chain, started at a uniform context."""
+    succ, cum = _chain()
+    out = [rng.randrange(HAYSTACK_TOKENS), rng.randrange(HAYSTACK_TOKENS)][:n]
+    while len(out) < n:
+        a, b = out[-2], out[-1]
+        u, c = rng.random(), cum[a][b]
+        j = 0
+        while j < BRANCHING - 1 and u >= c[j]:
+            j += 1
+        out.append(succ[a][b][j])
+    return out
+
+
+@dataclass(frozen=True)
+class Document:
+    """`ids`: the content (length - 1 tokens); `probes`: (start, end, distance) of each answer
+    (ids[start:end]), in order of position."""
+
+    kind: str
+    ids: Tuple[int, ...]
+    probes: Tuple[Tuple[int, int, int], ...]
+
+
+def _place_pairs(n: int, distances: Sequence[int], rng: random.Random) -> List[Tuple[int, int]]:
+    """(plant, query) starts of two-token items in n slots, query - plant = distance where it
+    fits (longest first; a distance that no longer fits takes the nearest shorter one that does,
+    else the nearest longer one)."""
+    free = np.ones(n, dtype=bool)
+    out = []
+    for want in distances:
+        for d in [*range(want, 1, -1), *range(want + 1, n - 1)]:
+            p = np.arange(0, n - 1 - d)
+            ok = free[p] & free[p + 1] & free[p + d] & free[p + d + 1]
+            if ok.any():
+                break
+        else:
+            raise ValueError(f"no room for {len(distances)} pairs in {n} tokens")
+        cand = p[ok]
+        s = int(cand[rng.randrange(len(cand))])
+        free[[s, s + 1, s + d, s + d + 1]] = False
+        out.append((s, s + d))
+    return out
+
+
+def make_document(kind: str, plan: TokenPlan, length: int, rng: random.Random) -> Document:
+    """One document of `kind` ("mqar" or "passkey") for a model input of `length` tokens."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < MIN_LENGTH:
+        raise ValueError(f"length must be an integer >= {MIN_LENGTH}, got {length!r}")
+    n = length - 1
+    items: dict = {}  # position -> id
+    probes = []
+    if kind == "mqar":
+        keys = rng.sample(plan.keys, NUM_PAIRS)
+        values = [rng.choice(plan.values) for _ in keys]
+        lo, hi = 2, n - 2
+        strata = [int(lo + (i + rng.random()) * (hi - lo + 1) / NUM_PAIRS) for i in range(NUM_PAIRS)]
+        order = sorted(range(NUM_PAIRS), key=lambda i: -strata[i])
+        spots = _place_pairs(n, [strata[i] for i in order], rng)
+        for i, (p, q) in zip(order, spots):
+            items.update({p: keys[i], p + 1: values[i], q: keys[i], q + 1: values[i]})
+            probes.append((q + 1, q + 2, q - p))
+    else:
+        t = PASSKEY_TOKENS
+        key = [plan.marker] + [rng.choice(plan.values) for _ in range(t)]
+        q = n - (t + 1)
+        p = rng.randrange(0, q - (t + 1) + 1)
+        for j, tok in enumerate(key):
+            items[p + j] = tok
+            items[q + j] = tok
+        probes.append((q + 1, q + 1 + t, q - p))
+    hay = iter(haystack(n - len(items), rng))
+    ids = tuple(items[i] if i in items else plan.haystack[next(hay)] for i in range(n))
+    return Document(kind, ids, tuple(sorted(probes)))
+
+
+def _rng(*parts) -> random.Random:
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:16], "big"))
+
+
+def training_document(plan: TokenPlan, length: int, seed: int, index: int) -> Document:
+    """Training document `index` of stream `seed`: mqar, or passkey with PASSKEY_FRACTION. Its
+    random stream (split "train") is not any evaluation instance's."""
+    rng = _rng("swax-recall-train", FORMAT, seed, length, index)
+    kind = "passkey" if rng.random() < PASSKEY_FRACTION else "mqar"
+    return make_document(kind, plan, length, rng)
+
+
+def training_documents(plan: TokenPlan, length: int, count: int, seed: int = 0) -> Iterator[Document]:
+    for i in range(count):
+        yield training_document(plan, length, seed, i)
+
+
+# --- the indexed dataset ------------------------------------------------------------------------
+
+def _settings(tokenizer, length: int, count: int, seed: int) -> dict:
+    return {"format": FORMAT, "length": length, "documents": count, "seed": seed,
+            "tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
+            "chain_seed": CHAIN_SEED, "num_pairs": NUM_PAIRS, "passkey_tokens": PASSKEY_TOKENS,
+            "passkey_fraction": PASSKEY_FRACTION, "branching": BRANCHING}
+
+
+def _check_args(length, count, seed) -> None:
+    for name, v, low in (("length", length, MIN_LENGTH), ("documents", count, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise DataError(None, f"{name} must be an integer >= {low}, got {v!r}")
+
+
+def recall_dataset_done(prefix, tokenizer, *, length: int, count: int, seed: int = 0) -> bool:
+    """True when `<prefix>.bin/.idx` exist, are valid for `tokenizer` and were written with
+    these settings (their `.meta.json` says so): a rerun then has nothing to do."""
+    from .indexed import meta_path, validate_indexed_dataset
+
+    try:
+        meta = json.loads(meta_path(prefix).read_text())
+        validate_indexed_dataset(prefix, tokenizer=tokenizer)
+    except (OSError, ValueError, DataError):
+        return False
+    from .indexed import bin_path, idx_path
+
+    return (meta.get("recall") == _settings(tokenizer, length, count, seed)
+            and meta.get("bin_bytes") == bin_path(prefix).stat().st_size
+            and meta.get("idx_bytes") == idx_path(prefix).stat().st_size)
+
+
+def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: int = 0) -> dict:
+    """Write `count` training documents of `length` tokens (each ending with the tokenizer's
+    end-of-document id) as `<prefix>.bin/.idx` with megatron's IndexedDatasetBuilder, atomically
+    (.bin, then .idx, then .meta.json with the settings). Reuses the files when they are there
+    with the same settings. Returns the meta dict (with "reused": bool)."""
+    from .indexed import bin_path, idx_path, meta_path, token_dtype
+
+    _check_args(length, count, seed)
+    prefix = str(prefix)
+    if Path(prefix).suffix in (".bin", ".idx"):
+        raise DataError(prefix, "give the dataset prefix, without .bin / .idx")
+    plan = token_plan(tokenizer)
+    if recall_dataset_done(prefix, tokenizer, length=length, count=count, seed=seed):
+        meta = json.loads(meta_path(prefix).read_text())
+        return {**meta, "reused": True}
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    dtype = token_dtype(tokenizer.vocab_size)
+    eod = tokenizer.eod
+    kinds = {k: 0 for k in KINDS}
+    tmp_bin, tmp_idx = temp_beside(bin_path(prefix)), temp_beside(idx_path(prefix))
+    builder = None
+    try:
+        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+        for doc in training_documents(plan, length, count, seed):
+            kinds[doc.kind] += 1
+            builder.add_document(np.asarray(doc.ids + (eod,), dtype=dtype), [length])
+        builder.finalize(str(tmp_idx))
+        meta_path(prefix).unlink(missing_ok=True)
+        os.replace(tmp_bin, bin_path(prefix))
+        os.replace(tmp_idx, idx_path(prefix))
+    finally:
+        if builder is not None and not builder.data_file.closed:
+            builder.data_file.close()
+        tmp_bin.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+    meta = {"tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
+            "tokenizer_model": str(getattr(tokenizer, "model_path", "")),
+            "vocab_size": tokenizer.vocab_size, "documents": count, "tokens": count * length,
+            "skipped_empty": 0, "source": f"swax-recall:{kinds['mqar']} mqar + "
+                                          f"{kinds['passkey']} passkey",
+            "recall": _settings(tokenizer, length, count, seed), "kinds": kinds,
+            "reserved_ids": [plan.first, plan.first + 0x7F],
+            "bin_bytes": bin_path(prefix).stat().st_size,
+            "idx_bytes": idx_path(prefix).stat().st_size}
+    atomic_write(meta_path(prefix), json.dumps(meta, indent=1) + "\n")
+    return {**meta, "reused": False}
+
+
+def describe(doc: Document, plan: TokenPlan) -> str:
+    """A readable rendering (tests, inspection): h12 haystack, K3 key, V7 value, M marker."""
+    names = {}
+    for prefix, ids in (("h", plan.haystack), ("K", plan.keys), ("V", plan.values)):
+        names.update({t: f"{prefix}{i}" for i, t in enumerate(ids)})
+    names[plan.marker] = "M"
+    return " ".join(names.get(t, f"<{t}>") for t in doc.ids)
+
+
+__all__ = ["Document", "KINDS", "TokenPlan", "describe", "make_document", "markov_chain",
+           "recall_dataset_done", "token_plan", "training_document", "training_documents",
+           "write_recall_dataset"]
