@@ -1,0 +1,89 @@
+"""The planner's activation memory (plan/model.py) against the megatron model on CPU: the peak of
+torch's allocations during one forward + backward pass (torch.profiler memory events), the
+weights and their gradient buffers allocated before, so what is measured is the activations and
+the backward pass's transients. Tiny models of each layer type, fp32, the CPU kernels
+(Kernels.cpu(): chunked SWA, dense torch attention for G, the torch mLSTM)."""
+
+import os
+
+import pytest
+
+from dist import run_distributed
+from swax_megatron.config.resolve import resolve
+from swax_megatron.plan.model import Kernels, Recompute, Shape, stage_activations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "recipes", "tiny", "base.yaml")
+SEQ, MBS = 512, 2
+TOLERANCE = 0.15
+
+
+def tiny_recipe(pattern, *extra):
+    return resolve(TINY, [
+        f"model.layer_pattern={pattern}", "model.hidden_size=64", "model.num_attention_heads=4",
+        "model.num_query_groups=2", "model.ffn_hidden_size=128", "model.vocab_size=256",
+        "model.tie_embeddings=false", "model.mlstm.num_heads=2", "model.mlstm.chunk_size=64",
+        "model.mlstm.kernel=torch", "model.swa.window=64", "model.attention_backend=torch",
+        f"train.seq_length={SEQ}", f"train.micro_batch_size={MBS}", "train.global_batch_size=2",
+        "slurm.gpus_per_node=1", *extra]).recipe
+
+
+def peak_allocated(fn) -> int:
+    """Peak of the running sum of torch's CPU allocations while fn() runs, from its start."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+def _measure(rank, recipe):
+    import torch
+
+    from swax_megatron.models.model import swax_model_from_recipe
+
+    torch.manual_seed(0)
+    model = swax_model_from_recipe(recipe, backend="local")
+    for p in model.parameters():  # gradients accumulate into buffers that exist before
+        p.grad = torch.zeros_like(p)
+    ids = torch.randint(0, recipe.model.vocab_size, (MBS, SEQ))
+    pos = torch.arange(SEQ)[None].expand(MBS, SEQ)
+
+    def step():
+        model(ids, pos, None, labels=ids).sum().backward()
+
+    step()  # warm-up: lazily built buffers (RoPE tables, masks) are not activations
+    return peak_allocated(step)
+
+
+def predicted(recipe) -> float:
+    shape = Shape.from_recipe(recipe)
+    acts = stage_activations(shape, shape.symbols, last=True, act_bytes=4, micro_batch=MBS,
+                             kernels=Kernels.cpu(),
+                             recompute=Recompute.from_config(recipe.train.recompute))
+    return (acts.stored_per_token + acts.transient_per_token) * MBS * SEQ
+
+
+@pytest.mark.parametrize("pattern", ["X*4", "S*4", "G*4", "XS*2", "SG*2"])
+def test_activation_memory_within_15_percent_of_measured(pattern):
+    r = tiny_recipe(pattern)
+    measured = run_distributed(_measure, 1, r, tp=1)[0]
+    guess = predicted(r)
+    print(f"\n{pattern}: measured {measured / 2**20:.2f} MiB, predicted {guess / 2**20:.2f} MiB "
+          f"({guess / measured - 1:+.1%})")
+    assert abs(guess - measured) / measured < TOLERANCE
+
+
+def test_a_larger_vocabulary_moves_the_output_term():
+    small, large = tiny_recipe("XS*2"), tiny_recipe("XS*2", "model.vocab_size=2048")
+    m_small, m_large = (run_distributed(_measure, 1, r, tp=1)[0] for r in (small, large))
+    p_small, p_large = predicted(small), predicted(large)
+    assert abs(p_large - m_large) / m_large < TOLERANCE
+    # the difference is the output layer's share alone: predicted to within 15% as well
+    assert abs((p_large - p_small) - (m_large - m_small)) / (m_large - m_small) < TOLERANCE
