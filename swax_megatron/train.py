@@ -105,7 +105,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         distributed.init_process_group(env)
         distributed.init_model_parallel(recipe.parallel.tensor_model_parallel_size,
                                         recipe.parallel.pipeline_model_parallel_size,
-                                        recipe.run.seed)
+                                        recipe.run.seed, recipe.parallel.ulysses_size)
         return loop.run(resolved)
     except bad_input as e:
         # Every rank meets the same bad input: rank 0 says it once.

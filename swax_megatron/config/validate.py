@@ -317,8 +317,25 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
               f"= {t.micro_batch_size} x {dp}")
     c.require(not p.sequence_parallel or tp > 1, "parallel.sequence_parallel",
               "sequence parallelism needs tensor_model_parallel_size > 1")
-    c.require(not p.sequence_parallel or t.seq_length % tp == 0, "parallel.sequence_parallel",
-              f"train.seq_length {t.seq_length} is not divisible by tensor parallel size {tp}")
+    c.require(not p.sequence_parallel or t.seq_length % (tp * ulysses) == 0, "parallel.sequence_parallel",
+              f"train.seq_length {t.seq_length} is not divisible by tensor x ulysses size {tp} x {ulysses}")
+    if ulysses > 1:  # models/ulysses.py: whole sequences for a share of each mixer's heads
+        c.require(t.seq_length % (2 * ulysses) == 0, "parallel.ulysses_size",
+                  f"train.seq_length {t.seq_length} is not divisible by 2 x ulysses_size = {2 * ulysses} "
+                  f"(megatron's context-parallel layout: 2 chunks per rank)")
+        if has_attn:
+            c.require(m.num_attention_heads % (tp * ulysses) == 0, "parallel.ulysses_size",
+                      f"{m.num_attention_heads} attention heads are not divisible by tensor x ulysses "
+                      f"= {tp} x {ulysses}")
+            c.require(m.attention_backend != "te", "parallel.ulysses_size",
+                      "Ulysses wraps the local attention kernels: set model.attention_backend to flex, "
+                      "torch or auto (Transformer Engine's own context parallelism is not wired)")
+            c.require(m.fp8 is None, "parallel.ulysses_size",
+                      "FP8 runs through Transformer Engine's attention, which Ulysses does not wrap")
+        if has_mlstm:
+            c.require(m.mlstm.num_heads % (tp * ulysses) == 0, "parallel.ulysses_size",
+                      f"{m.mlstm.num_heads} mLSTM heads are not divisible by tensor x ulysses "
+                      f"= {tp} x {ulysses}")
 
     # Optimiser and schedule.
     o = r.optim

@@ -30,6 +30,7 @@ import torch
 
 from ..ops.swa import flex as swa_flex
 from ..ops.swa import sliding_window_attention
+from . import ulysses
 from .config import SwaxConfig
 
 ATTENTION_BACKENDS = ("auto", "te", "flex", "torch")
@@ -115,8 +116,6 @@ class SwaxCoreAttention(WindowedAttention, MegatronModule):
         pg_collection: Optional[ProcessGroupCollection] = None,
     ):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("SWAX core attention does not support context parallelism")
         if attn_mask_type not in (AttnMaskType.causal, AttnMaskType.padding_causal):
             raise ValueError(f"SWAX attention is causal; got attn_mask_type={attn_mask_type}")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -139,6 +138,8 @@ class SwaxCoreAttention(WindowedAttention, MegatronModule):
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.init_window(config)
+        # Context parallelism is Ulysses here: whole sequences for a share of the heads.
+        self.ulysses = ulysses.ulysses_group() if config.context_parallel_size > 1 else None
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
@@ -147,11 +148,18 @@ class SwaxCoreAttention(WindowedAttention, MegatronModule):
                              "attention_mask=None")
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("SWAX core attention supports neither attention_bias nor packed sequences")
-        # [s, b, h, d] -> [b, h, s, d]
+        s, b = query.shape[0], query.shape[1]
+        if self.ulysses is not None:
+            out = ulysses.attention(self._attend, query, key, value, self.ulysses)
+        else:
+            out = self._attend(query, key, value)
+        return out.reshape(s, b, -1)
+
+    def _attend(self, query, key, value):
+        """[s, b, heads, d] (whole sequences) -> [s, b, heads, d]."""
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         out = self.kernel(q, k, v, self.window, softmax_scale=self.softmax_scale)
-        s, b = query.shape[0], query.shape[1]
-        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+        return out.permute(2, 0, 1, 3)
 
 
 class SlidingWindowCoreAttention(SwaxCoreAttention):

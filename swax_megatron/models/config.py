@@ -160,6 +160,7 @@ def swax_config_kwargs(recipe, vocab_size: Optional[int] = None) -> Dict[str, An
         tensor_model_parallel_size=par.tensor_model_parallel_size,
         pipeline_model_parallel_size=par.pipeline_model_parallel_size,
         sequence_parallel=par.sequence_parallel,
+        context_parallel_size=par.ulysses_size,  # the Ulysses group (models/ulysses.py)
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,

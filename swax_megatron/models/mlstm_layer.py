@@ -33,6 +33,7 @@ from megatron.core.transformer.utils import (
 )
 
 from ..ops.mlstm import mlstm_chunkwise
+from . import ulysses
 from .config import SwaxConfig
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -146,6 +147,8 @@ class MLSTMMixer(MegatronModule):
         self.pg_collection = pg_collection
         self.tp_group = pg_collection.tp
         self.layer_number = layer_number
+        # Context parallelism is Ulysses here: whole sequences for a share of the heads.
+        self.ulysses = ulysses.ulysses_group() if config.context_parallel_size > 1 else None
         tp, rank = self.tp_group.size(), self.tp_group.rank()
         self.num_heads = config.mlstm.num_heads
         self.heads_local = self.num_heads // tp
@@ -198,7 +201,13 @@ class MLSTMMixer(MegatronModule):
         i = (i + self.igate_bias).permute(1, 2, 0)
         f = (f + self.fgate_bias).permute(1, 2, 0)
         x = self.config.mlstm
-        if decode_cache is None:
+        if self.ulysses is not None and decode_cache is None:
+            if initial_state is not None or return_state:
+                raise ValueError("the mLSTM state is not available under Ulysses sequence parallelism")
+            h, state = ulysses.mlstm(lambda *a: mlstm_cell(
+                *a, gate_soft_cap=x.gate_soft_cap, chunk_size=x.chunk_size, eps=x.cell_epsilon,
+                kernel=x.kernel, grad=x.grad)[0], q, k, v, i, f, self.ulysses), None
+        elif decode_cache is None:
             h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=x.gate_soft_cap,
                                   chunk_size=x.chunk_size, initial_state=initial_state,
                                   eps=x.cell_epsilon, kernel=x.kernel, grad=x.grad)

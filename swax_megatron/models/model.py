@@ -230,7 +230,9 @@ def swax_model_from_recipe(recipe, vocab_size: Optional[int] = None, *, backend:
     if backend == "auto":
         # The TE spec where TE's kernels will run; otherwise the local one (whose attention then
         # uses FlexAttention on CUDA or ops.swa on CPU, per model.attention_backend).
-        backend = "te" if resolve_attention_backend(config.attention_backend) == "te" else "local"
+        # Ulysses (context parallel) wraps the local kernels only (models/ulysses.py).
+        te = resolve_attention_backend(config.attention_backend) == "te" and config.context_parallel_size == 1
+        backend = "te" if te else "local"
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:

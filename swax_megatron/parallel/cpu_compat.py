@@ -32,6 +32,7 @@ _CUDA_LITERAL_MODULES = (
     "megatron.core.optimizer.distrib_optimizer",
     "megatron.core.distributed.param_and_grad_buffer",  # param_and_grad_buffer.py:768 warmup
     "megatron.core.dist_checkpointing.exchange_utils",  # exchange_utils.py:98-110/326 buffers
+    "megatron.core.models.common.embeddings.rope_utils",  # rope_utils.py:62 pinned cp index (Ulysses)
 )
 
 

@@ -31,8 +31,12 @@ class BatchLayout:
 
 
 def collate(samples: Sequence[Dict[str, torch.Tensor]], device) -> Dict[str, torch.Tensor]:
-    return {k: torch.stack([s[k] for s in samples]).to(device, non_blocking=True)
-            for k in ("tokens", "labels", "loss_mask")}
+    """A micro-batch [micro, seq]; under Ulysses (megatron's context parallelism) this rank's share
+    of the sequence, in megatron's layout (2 x cp chunks, rank r keeps r and 2cp-1-r)."""
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    return get_batch_on_this_cp_rank({k: torch.stack([s[k] for s in samples]).to(device, non_blocking=True)
+                                      for k in ("tokens", "labels", "loss_mask")})
 
 
 def microbatches(dataset, layout: BatchLayout, base: int, device) -> List[Dict[str, torch.Tensor]]:

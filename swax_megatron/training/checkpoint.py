@@ -308,7 +308,8 @@ def _layout() -> Dict[str, int]:
 
     return {"tp": ps.get_tensor_model_parallel_world_size(),
             "pp": ps.get_pipeline_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size(),
+            # Data x context (Ulysses) ranks: each holds its own RNG state.
+            "dp": ps.get_data_parallel_world_size(with_context_parallel=True),
             "world": torch.distributed.get_world_size()}
 
 
@@ -319,7 +320,8 @@ def _rng_sharded_object(state):
     lay = _layout()
     return ShardedObject("rng_state", state, (lay["pp"], lay["tp"], lay["dp"]),
                          (ps.get_pipeline_model_parallel_rank(),
-                          ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()),
+                          ps.get_tensor_model_parallel_rank(),
+                          ps.get_data_parallel_rank(with_context_parallel=True)),
                          replica_id=0)
 
 

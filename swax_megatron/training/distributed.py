@@ -110,18 +110,24 @@ def init_process_group(d: DistEnv) -> str:
     return "cuda" if on_gpu else "cpu"
 
 
-def init_model_parallel(tp: int, pp: int, seed: int) -> None:
+def init_model_parallel(tp: int, pp: int, seed: int, ulysses: int = 1) -> None:
+    """megatron's groups; the Ulysses degree is megatron's context-parallel size (models/ulysses.py)."""
     from megatron.core import parallel_state
 
     from ..parallel import cpu_compat
 
     world = torch.distributed.get_world_size()
-    if world % (tp * pp):
-        raise LaunchError(f"world size {world} is not divisible by tensor x pipeline parallel "
-                          f"size {tp} x {pp}")
+    if world % (tp * pp * ulysses):
+        raise LaunchError(f"world size {world} is not divisible by tensor x pipeline x ulysses "
+                          f"size {tp} x {pp} x {ulysses}")
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
-                                             pipeline_model_parallel_size=pp)
+                                             pipeline_model_parallel_size=pp,
+                                             context_parallel_size=ulysses)
     cpu_compat.model_parallel_seed(seed)
+    if ulysses > 1:
+        from ..models.ulysses import init_deepspeed_comm
+
+        init_deepspeed_comm()
 
 
 @contextlib.contextmanager

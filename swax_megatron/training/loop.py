@@ -31,7 +31,7 @@ from .checkpoint import CheckpointManager, TrainState
 from .checkpointer import Checkpointer, Start, continue_warnings, find_start
 from .faults import FaultPlan
 from .flops import ModelDims, mfu, train_flops_per_token
-from .lr_schedule import LRSchedule, lr_at
+from .lr_schedule import LRSchedule, current_lr, load_scheduler_state, scheduler
 from .metrics import NullLogger, RunLogger, format_summary, plot_losses, write_summary
 from .rundir import RunDirError, RunLock
 from ..exit_codes import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE
@@ -210,12 +210,15 @@ class Job:
                                  "host": socket.gethostname(), "world_size": self.world,
                                  "slurm_job": os.environ.get("SLURM_JOB_ID")}
                              ) if _rank0() else NullLogger()
+        self.lr_scheduler = self._lr_scheduler(lr_schedule, start)
         extra = {"window_schedule": window.state_dict(),
                  "lr_schedule": dataclasses.asdict(lr_schedule),
+                 "lr_scheduler": self.lr_scheduler.state_dict(),
                  "recipe_yaml": resolved.to_yaml(), "config_hash": resolved.config_hash,
                  "recipe": dataclasses.asdict(self.recipe),
                  "initialised_from": start.initialised_from,
                  "use_distributed_optimizer": self.recipe.parallel.use_distributed_optimizer}
+        self.extra = extra  # the checkpoints' common entries (lr_scheduler updated each step)
         self.checkpointer = Checkpointer(manager, self.recipe.checkpoint, start, extra, self.log,
                                          fault, weights_ready=partial(gathered_params, engine))
         self.eval_window = self.recipe.model.swa.window  # the one rule: schema.SwaConfig
@@ -227,11 +230,29 @@ class Job:
             f"{self.recipe.model.hidden_size}, seq {tr.seq_length}, global batch "
             f"{tr.global_batch_size}, {self.world} process(es) (tp "
             f"{ps.get_tensor_model_parallel_world_size()}, pp "
-            f"{ps.get_pipeline_model_parallel_world_size()}, dp "
-            f"{ps.get_data_parallel_world_size()}), {self.dtype}, "
+            f"{ps.get_pipeline_model_parallel_world_size()}, "
+            f"{'ulysses %d, ' % ps.get_context_parallel_world_size() if ps.get_context_parallel_world_size() > 1 else ''}"
+            f"dp {ps.get_data_parallel_world_size()}), {self.dtype}, "
             f"{'window ' + window.describe() if self.has_swa else 'no sliding-window layers'}")
         self.log.message(f"set-up took {time.monotonic() - t_job:.1f} s; run directory "
                          f"{self.run_dir}")
+
+    def _lr_scheduler(self, s: LRSchedule, start: Start):
+        """megatron's OptimizerParamScheduler at this attempt's first step: the state of the
+        run's own checkpoint, else the recipe's schedule at the start step (checkpoint.load
+        continues another run's step under this recipe's schedule)."""
+        sched = scheduler(s, self.engine.optimizer, 0, self.recipe.optim.weight_decay)
+        saved = start.common.get("lr_scheduler") if start.own else None
+        if saved is not None:
+            load_scheduler_state(sched, saved, self.state.step)
+            return sched
+        sched.step(self.state.step)
+        if start.own:
+            _log0(f"note: {start.path} holds no LR scheduler state (written before megatron's "
+                  f"OptimizerParamScheduler set the LR): the schedule continues at step "
+                  f"{self.state.step} by its definition, after warmup one step ahead of the "
+                  f"old decay (training/lr_schedule.py)")
+        return sched
 
     def exit_time_due(self) -> bool:
         minutes = self.recipe.train.exit_after_minutes
@@ -244,11 +265,13 @@ class Job:
 
         tr, state = self.recipe.train, self.state
         t0 = time.monotonic()
-        w, lr = self.window.window(state.step), lr_at(state.step, self.lr_schedule)
+        # The param groups hold this step's LR and weight decay (the scheduler set them).
+        w, lr = self.window.window(state.step), current_lr(self.lr_scheduler)
         batches = microbatches(self.datasets.train, self.layout, state.consumed_samples,
                                self.device)
-        res = train_step(self.engine, batches, window=w, lr=lr,
-                         weight_decay=self.recipe.optim.weight_decay)
+        res = train_step(self.engine, batches, window=w)
+        self.lr_scheduler.step(1)  # every step, skipped or not: lr_schedule.py says why
+        self.extra["lr_scheduler"] = self.lr_scheduler.state_dict()
         dt = time.monotonic() - t0
         state.step += 1
         state.consumed_samples += tr.global_batch_size

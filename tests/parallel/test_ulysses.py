@@ -94,3 +94,72 @@ def test_natural_index_inverts_the_gather():
         assert torch.equal(gathered[ulysses.natural_index(u, 8 * u)], x)
     with pytest.raises(ValueError, match="not divisible by 2 x ulysses_size"):
         ulysses.natural_index(2, 6)
+
+
+# --- the whole model -------------------------------------------------------------------------------
+
+def _recipe(pattern: str, overrides=()):
+    from swax_megatron.config.resolve import resolve
+
+    return resolve("recipes/tiny/base.yaml", [
+        f"model.layer_pattern={pattern}", "model.hidden_size=64", "model.num_attention_heads=4",
+        "model.num_query_groups=2", "model.mlstm.num_heads=4", "model.mlstm.chunk_size=16",
+        "model.swa.window=12", "train.seq_length=64", "model.vocab_size=128", *overrides]).recipe
+
+
+def _model_grads(rank, u, tp, pattern):
+    """Loss sum and every parameter's full gradient (summed over the Ulysses group, gathered over
+    TP), for a fixed batch, at ulysses u x tensor parallel tp."""
+    from megatron.core import parallel_state as ps
+
+    from swax_megatron.models import ulysses
+    from swax_megatron.models.model import swax_model_from_recipe
+
+    _init_cp(u, tp) if u > 1 else _init_tp(tp)
+    torch.manual_seed(0)
+    recipe = _recipe(pattern, [f"parallel.ulysses_size={u}", f"parallel.tensor_model_parallel_size={tp}"])
+    model = swax_model_from_recipe(recipe, vocab_size=128)
+    model.set_swa_window(12)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 128, (2, 65), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    if u > 1:
+        r = ps.get_context_parallel_rank()
+        x, y = ulysses.shard_sequence(x, u, r), ulysses.shard_sequence(y, u, r)
+    loss = model(x, labels=y).float().sum()
+    loss.backward()
+    total = loss.detach().clone()
+    if u > 1:
+        torch.distributed.all_reduce(total, group=ps.get_context_parallel_group())
+    grads = {}
+    for name, p in model.named_parameters():
+        grad = p.grad.detach().clone()
+        if u > 1:
+            torch.distributed.all_reduce(grad, group=ps.get_context_parallel_group())
+        if tp > 1 and getattr(p, "tensor_model_parallel", False):
+            parts = [torch.empty_like(grad) for _ in range(tp)]
+            torch.distributed.all_gather(parts, grad, group=ps.get_tensor_model_parallel_group())
+            grad = torch.cat(parts, dim=p.partition_dim)
+        grads[name] = grad
+    return float(total), grads
+
+
+def _init_tp(tp):
+    from megatron.core import parallel_state
+
+    from swax_megatron.parallel import cpu_compat
+
+    cpu_compat.apply()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    cpu_compat.model_parallel_seed(1234)
+
+
+@pytest.mark.parametrize("pattern", ["XSGX"])
+def test_model_loss_and_grads_equal_one_process(pattern):
+    ref_loss, ref = run_distributed(_model_grads, 1, 1, 1, pattern)[0]
+    for rank, (loss, grads) in enumerate(run_distributed(_model_grads, 2, 2, 1, pattern)):
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (rank, loss, ref_loss)
+        assert grads.keys() == ref.keys()
+        for name, gr in grads.items():
+            err = (gr - ref[name]).abs().max().item()
+            assert err <= 1e-5 * max(1.0, ref[name].abs().max().item()), (rank, name, err)

@@ -1,0 +1,40 @@
+"""Ulysses in the real trainer (2 forked processes, the real entry point, a tiny SWAX on a small
+real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks
+(losses and grad norms to float32 round-off: the same tokens per step, split by sequence instead
+of by sample), and its checkpoint continues at ulysses 1 (resharded across Ulysses degrees)."""
+
+from __future__ import annotations
+
+import pytest
+
+from forkrun import TINY_RECIPE, find_run_dir, fork_run, tiny_overrides, train_records
+
+pytest.importorskip("deepspeed")
+
+
+def _run(corpus, out, extra=()):
+    argv = [TINY_RECIPE, *tiny_overrides(corpus, out / "runs", extra=list(extra))]
+    launch = fork_run(argv, 2, out / "logs", timeout=240)
+    assert launch.codes == [0, 0], launch.log
+    run_dir = find_run_dir(out / "runs")
+    return run_dir, [(r["step"], r["loss"], r["grad_norm"], r["window"], r["lr"])
+                     for r in train_records(run_dir) if r["kind"] == "train"]
+
+
+def _close(got, ref):
+    assert [g[0] for g in got] == [r[0] for r in ref]
+    for g, r in zip(got, ref):
+        assert g[3:] == r[3:]  # window, lr
+        assert g[1] == pytest.approx(r[1], rel=1e-5), (g, r)  # loss
+        assert g[2] == pytest.approx(r[2], rel=1e-4), (g, r)  # grad norm
+
+
+def test_ulysses2_trains_like_dp2_and_its_checkpoint_continues_at_ulysses1(tiny_corpus, tmp_path):
+    # Heads: 4 attention (2 kv groups), mLSTM 2: all divisible by ulysses 2.
+    _, dp2 = _run(tiny_corpus, tmp_path / "dp2")
+    u2_dir, u2 = _run(tiny_corpus, tmp_path / "u2", ["parallel.ulysses_size=2"])
+    assert len(u2) == 8
+    _close(u2, dp2)
+    # The ulysses-2 checkpoint at step 4 loads on 2 data-parallel ranks and goes on alike.
+    _, resumed = _run(tiny_corpus, tmp_path / "r", [f"checkpoint.load={u2_dir / 'checkpoints' / 'iter_0000004'}"])
+    _close(resumed, u2[4:])
