@@ -1,9 +1,11 @@
 """Train / valid / test GPTDatasets through Megatron's BlendedMegatronDatasetBuilder.
 
 Call on every rank of an initialised process group (gloo on CPU): Megatron's builder builds the
-index caches on rank 0 first and the other ranks read them after a barrier. Every prefix is
-validated first (files, sizes, token ids against the tokenizer, splits that would be empty),
-because Megatron meets those problems with asserts, memmap errors or an endless loop.
+index caches (under `cache_dir`) on rank 0 first and the other ranks read them after a barrier;
+later runs read them too. Every prefix is validated first (files, sizes, token ids against the
+tokenizer, splits that would be empty), because Megatron meets those problems with asserts,
+memmap errors or an endless loop; on rank 0 only, the others get its results, and with a
+`cache_dir` once per version of the files (indexed.check_indexed_dataset_cached).
 
 A blend is any of: "prefix"; ["p1", "p2"] (weights from sizes); [("p1", 0.7), ("p2", 0.3)];
 or Megatron's own (["p1", "p2"], [0.7, 0.3]).
@@ -17,9 +19,37 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import DataError
-from .indexed import validate_indexed_dataset
+from .indexed import DatasetCheck, check_indexed_dataset_cached
 
 SPLIT_NAMES = ("train", "valid", "test")
+CHECKS_DIR = "dataset-checks"  # under cache_dir: indexed.check_indexed_dataset_cached's records
+
+
+def validate_on_rank0(prefixes: Sequence[str], tokenizer, check_dir: Optional[Path]
+                      ) -> dict[str, DatasetCheck]:
+    """Validate every prefix on rank 0 (through the cache in `check_dir`: once per version of
+    the files) and hand the results, or the first error, to the other ranks: a start-up reads
+    the data for validation on one rank at most, and every rank fails with the same line."""
+    import torch.distributed as dist
+
+    shared = dist.is_initialized() and dist.get_world_size() > 1
+    box: list[Any] = [None, None]
+    if not shared or dist.get_rank() == 0:
+        try:
+            box[0] = {p: check_indexed_dataset_cached(p, tokenizer=tokenizer,
+                                                      cache_dir=check_dir)[0] for p in prefixes}
+        except Exception as e:  # noqa: BLE001 - re-raised here, after telling the other ranks
+            if not shared:
+                raise
+            box[1] = e if isinstance(e, DataError) else DataError(
+                None, f"dataset validation failed on rank 0: {type(e).__name__}: {e}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    if shared:
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
 
 
 def normalize_blend(blend: Any, what: str = "blend") -> tuple[list[str], Optional[list[float]]]:
@@ -133,15 +163,12 @@ def build_gpt_datasets(tokenizer, *, seq_length: int, seed: int,
                      for b, name in zip(per_split, SPLIT_NAMES)]
         blends.extend(b for b in per_split if b is not None)
 
-    seen = set()
-    for prefixes, _ in blends:
-        for prefix in prefixes:
-            if prefix in seen:
-                continue
-            seen.add(prefix)
-            info = validate_indexed_dataset(prefix, tokenizer=tokenizer)
-            if blend is not None:
-                _check_split_coverage(prefix, info.sequences, matrix, split)
+    unique = list(dict.fromkeys(prefix for prefixes, _ in blends for prefix in prefixes))
+    checks = validate_on_rank0(unique, tokenizer,
+                               None if cache_dir is None else Path(cache_dir) / CHECKS_DIR)
+    if blend is not None:
+        for prefix in unique:
+            _check_split_coverage(prefix, checks[prefix].sequences, matrix, split)
 
     many = any(len(p) > 1 for p, _ in blends)
     if many and cache_dir is not None and not torch.distributed.is_initialized():

@@ -12,12 +12,13 @@ or inconsistent file with a bare assert, a numpy error deep in a memmap, or an e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +31,7 @@ _HEADER_BYTES = 9 + 8 + 1 + 8 + 8  # magic, version, dtype code, sequence count,
 _DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64,
            7: np.float32, 8: np.uint16}
 _SCAN_CHUNK_TOKENS = 1 << 24
+MAX_SCAN_BYTES = 256 << 20  # of .bin scanned for token ids per dataset (evenly spaced beyond)
 
 
 def bin_path(prefix) -> Path:
@@ -152,21 +154,51 @@ class IndexedInfo:
 
 
 def validate_indexed_dataset(prefix, *, vocab_size: Optional[int] = None, tokenizer=None,
-                             max_scan_bytes: int = 256 << 20) -> IndexedInfo:
+                             max_scan_bytes: int = MAX_SCAN_BYTES) -> IndexedInfo:
     """Check `<prefix>.idx` / `.bin` for everything that makes Megatron fail obscurely.
 
     With `tokenizer` (or `vocab_size`) the token ids are checked against the vocabulary (every
     token up to `max_scan_bytes` of `.bin`, evenly spaced chunks of that total beyond), and a
-    `.meta.json` written for another tokenizer is reported. Raises DataError naming the file."""
+    `.meta.json` written for another tokenizer is reported. Raises DataError naming the file.
+    The plain reference of `check_indexed_dataset_cached`, which does the same work once per
+    version of the files."""
     prefix = str(prefix)
+    if tokenizer is not None:
+        vocab_size = tokenizer.vocab_size
+    s = _check_structure(prefix)
+    max_token = None
+    if vocab_size is not None:
+        count = s.need // np.dtype(s.dtype).itemsize
+        max_token = _max_token(bin_path(prefix), s.dtype, count, max_scan_bytes)
+        min_token = _min_token(bin_path(prefix), s.dtype, count, max_scan_bytes) \
+            if np.issubdtype(s.dtype, np.signedinteger) else 0
+        _check_token_range(prefix, max_token, min_token, vocab_size)
+    if tokenizer is not None:
+        _check_meta(prefix, tokenizer, s.have, s.idx_bytes)
+    return IndexedInfo(prefix, s.dtype, s.sequences, s.documents, s.need // np.dtype(
+        s.dtype).itemsize, max_token, s.lengths, s.doc_idx)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    dtype: type
+    sequences: int
+    documents: int
+    need: int  # bytes of .bin the index describes
+    have: int  # bytes of .bin on disk
+    idx_bytes: int
+    lengths: np.ndarray
+    doc_idx: np.ndarray
+
+
+def _check_structure(prefix: str) -> _Structure:
+    """Files, index header, index arrays and the .bin size (reads the .idx, not the .bin)."""
     if Path(prefix).suffix in (".bin", ".idx"):
         raise DataError(prefix, "give the dataset prefix, without .bin / .idx")
     idx, binf = idx_path(prefix), bin_path(prefix)
     for path, what in ((idx, "index"), (binf, "data")):
         if not path.is_file():
             raise DataError(path, f"missing {what} file of dataset prefix {prefix!r}")
-    if tokenizer is not None:
-        vocab_size = tokenizer.vocab_size
 
     idx_bytes = idx.stat().st_size
     with open(idx, "rb") as f:
@@ -218,20 +250,124 @@ def validate_indexed_dataset(prefix, *, vocab_size: Optional[int] = None, tokeni
     if have > need:
         raise DataError(binf, f"does not match its index: the file has {have} bytes, the index "
                               f"says {need} (a .bin and .idx from different runs?)")
+    return _Structure(dtype, int(n_seq), int(n_doc - 1), need, have, idx_bytes, lengths,
+                      doc_idx)
 
-    max_token = None
-    if vocab_size is not None:
-        max_token = _max_token(binf, dtype, need // itemsize, max_scan_bytes)
-        if max_token >= vocab_size:
-            raise DataError(binf, f"token id {max_token} >= the tokenizer's vocab_size "
-                                  f"{vocab_size}: the data was made with another tokenizer")
-        if np.issubdtype(dtype, np.signedinteger) and _min_token(binf, dtype, need // itemsize,
-                                                                 max_scan_bytes) < 0:
-            raise DataError(binf, "negative token id: corrupt data")
+
+def _check_token_range(prefix: str, max_token: int, min_token: int, vocab_size: int) -> None:
+    binf = bin_path(prefix)
+    if max_token >= vocab_size:
+        raise DataError(binf, f"token id {max_token} >= the tokenizer's vocab_size "
+                              f"{vocab_size}: the data was made with another tokenizer")
+    if min_token < 0:
+        raise DataError(binf, "negative token id: corrupt data")
+
+
+# --- the validation cache ----------------------------------------------------------------------
+#
+# A start-up validates every dataset before Megatron reads it; scanning .bin for token ids is the
+# expensive part (up to MAX_SCAN_BYTES per dataset). What the scan found depends only on the
+# files, so it is recorded once per version of the pair, in `<cache_dir>/<digest of the prefix
+# path>.json`, and later runs (and, through build_gpt_datasets, the other ranks) reuse it. The
+# version is the size and mtime (ns) of both files and a digest of the .idx (whole up to
+# _IDX_DIGEST_WHOLE bytes, else evenly spaced pieces and the tail): a rewritten .bin changes its
+# size or mtime, a rewritten .idx its digest. What depends on the run (the vocabulary, the
+# tokenizer named in .meta.json) is checked against the record every time, cheaply.
+
+_CHECK_VERSION = 1  # bump when the checks change: older records are then redone
+_IDX_DIGEST_WHOLE = 64 << 20
+_IDX_DIGEST_PIECES, _IDX_DIGEST_PIECE = 64, 1 << 20
+
+
+@dataclass(frozen=True)
+class DatasetCheck:
+    """What validating one pair found (a cache record's result)."""
+
+    prefix: str
+    sequences: int
+    documents: int
+    tokens: int
+    max_token: int
+    min_token: int
+
+
+def file_version(prefix) -> dict:
+    """What identifies this version of the pair: sizes, mtimes and a digest of the .idx."""
+    import hashlib
+
+    idx, binf = idx_path(prefix), bin_path(prefix)
+    st_idx, st_bin = idx.stat(), binf.stat()
+    h = hashlib.blake2b(digest_size=16)
+    with open(idx, "rb") as f:
+        if st_idx.st_size <= _IDX_DIGEST_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            last = st_idx.st_size - _IDX_DIGEST_PIECE
+            for k in range(_IDX_DIGEST_PIECES):
+                f.seek(last * k // (_IDX_DIGEST_PIECES - 1))
+                h.update(f.read(_IDX_DIGEST_PIECE))
+    return {"check_version": _CHECK_VERSION, "max_scan_bytes": MAX_SCAN_BYTES,
+            "idx_bytes": st_idx.st_size, "idx_mtime_ns": st_idx.st_mtime_ns,
+            "bin_bytes": st_bin.st_size, "bin_mtime_ns": st_bin.st_mtime_ns,
+            "idx_digest": h.hexdigest()}
+
+
+def _record_path(cache_dir: Path, prefix: str) -> Path:
+    import hashlib
+
+    key = hashlib.sha256(os.path.abspath(prefix).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{Path(prefix).name}-{key}.json"
+
+
+def scan_dataset(prefix: str) -> DatasetCheck:
+    """The full validation of the files alone (index, sizes, the token-id scan of .bin)."""
+    s = _check_structure(prefix)
+    count = s.need // np.dtype(s.dtype).itemsize
+    max_token = _max_token(bin_path(prefix), s.dtype, count, MAX_SCAN_BYTES)
+    min_token = _min_token(bin_path(prefix), s.dtype, count, MAX_SCAN_BYTES) \
+        if np.issubdtype(s.dtype, np.signedinteger) else 0
+    return DatasetCheck(prefix, s.sequences, s.documents, count, max_token, min_token)
+
+
+def check_indexed_dataset_cached(prefix, *, tokenizer=None, vocab_size: Optional[int] = None,
+                                 cache_dir: Optional[str | os.PathLike] = None
+                                 ) -> Tuple[DatasetCheck, bool]:
+    """validate_indexed_dataset's checks, the file-only part (scan_dataset) done once per
+    version of the files when `cache_dir` is given: (result, True when it came from the cache).
+    Raises the same DataError lines as the reference."""
+    prefix = str(prefix)
     if tokenizer is not None:
-        _check_meta(prefix, tokenizer, have, idx_bytes)
-    return IndexedInfo(prefix, dtype, int(n_seq), int(n_doc - 1), need // itemsize, max_token,
-                       lengths, doc_idx)
+        vocab_size = tokenizer.vocab_size
+    if Path(prefix).suffix in (".bin", ".idx"):
+        raise DataError(prefix, "give the dataset prefix, without .bin / .idx")
+    for path, what in ((idx_path(prefix), "index"), (bin_path(prefix), "data")):
+        if not path.is_file():
+            raise DataError(path, f"missing {what} file of dataset prefix {prefix!r}")
+    check, cached = None, False
+    record = version = None
+    if cache_dir is not None:
+        record, version = _record_path(Path(cache_dir), prefix), file_version(prefix)
+        try:
+            saved = json.loads(record.read_text())
+            if saved.get("version") == version and saved.get("prefix") == os.path.abspath(
+                    prefix):
+                check, cached = DatasetCheck(prefix=prefix, **saved["result"]), True
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # absent, unreadable or of another format: validate again
+    if check is None:
+        check = scan_dataset(prefix)
+        if record is not None:
+            result = {k: v for k, v in dataclasses.asdict(check).items() if k != "prefix"}
+            atomic_write(record, json.dumps({"prefix": os.path.abspath(prefix),
+                                             "version": version, "result": result},
+                                            indent=1) + "\n")
+    if vocab_size is not None:
+        _check_token_range(prefix, check.max_token, check.min_token, vocab_size)
+    if tokenizer is not None:
+        _check_meta(prefix, tokenizer, bin_path(prefix).stat().st_size,
+                    idx_path(prefix).stat().st_size)
+    return check, cached
 
 
 def _check_meta(prefix: str, tokenizer, bin_bytes: int, idx_bytes: int) -> None:
