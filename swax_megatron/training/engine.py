@@ -197,7 +197,11 @@ def _clip(optimizer, grad_norm: float) -> None:
                 use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
 
 
-def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: float) -> StepResult:
+def train_step(e: Engine, batches, *, window: int, lr: Optional[float] = None,
+               weight_decay: Optional[float] = None) -> StepResult:
+    """One step at SWA window `window`. The LR and weight decay are the optimizer's param
+    groups' (the training loop's OptimizerParamScheduler sets them), or `lr` / `weight_decay`
+    (times each group's multipliers) when given, both."""
     e.model.set_swa_window(window)
     e.ddp.train()
     e.ddp.zero_grad_buffer()
@@ -205,7 +209,10 @@ def train_step(e: Engine, batches, *, window: int, lr: float, weight_decay: floa
     outputs = _run_schedule(e, batches, forward_only=False)
     loss_sum, tokens = _reduce(e, outputs)
     loss = loss_sum / tokens if tokens else float("nan")
-    set_lr(e.optimizer, lr, weight_decay)
+    if (lr is None) != (weight_decay is None):
+        raise ValueError("train_step: give lr and weight_decay together, or neither")
+    if lr is not None:
+        set_lr(e.optimizer, lr, weight_decay)
     found_inf = e.optimizer.prepare_grads()  # fp16 loss-scale overflow; False otherwise
     # Computed over the grad-stats group on every rank, so all ranks agree on it.
     grad_norm = float(e.optimizer.get_grad_norm())

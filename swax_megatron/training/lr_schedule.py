@@ -1,26 +1,45 @@
-"""Learning rate as a pure function of the step: linear warmup, then cosine, WSD or constant.
+"""Learning rate of each step: megatron-core's OptimizerParamScheduler (linear warmup, then
+cosine, WSD or constant), driven by the step count.
 
-    lr = lr_at(step, LRSchedule(lr=3e-3, min_lr=3e-4, warmup_steps=20, total_steps=200))
+    s = LRSchedule.from_recipe(recipe)
+    sched = scheduler(s, optimizer, step=0)    # the optimizer's groups hold step 0's LR
+    ... optimizer step ...; sched.step(1)      # now step 1's
+    lr = lr_at(step, s)                        # the same value without an optimizer
 
-`step` is the 0-based index of the optimizer step about to be taken. Warmup rises linearly
-from lr/warmup_steps at step 0 to lr at step warmup_steps - 1 (Megatron's scheduler gives 0 at
-step 0, which wastes a step). Being a function of the step (no scheduler state), the schedule
-resumes exactly and every rank computes the same value.
+Counting. Megatron gives the LR after `num_steps` increments, with linear warmup from init_lr
+(0 by default) at num_steps 0 to lr at num_steps = warmup_steps; Megatron-LM runs its first
+iteration at num_steps 0, that is at LR 0, a step that moves no weight. Here step s (0-based, the
+optimizer step about to be taken) runs at num_steps = s + 1, with init_lr 0: warmup rises from
+lr/warmup_steps at step 0 to lr at step warmup_steps - 1, and the decay reaches min_lr on the last
+step, total_steps - 1. Every value is megatron's formula; only the step it is read at is ours.
+The schedule counts steps, skipped (NaN/Inf) ones included, as the window schedule does, so a
+skipped step does not shift the rest of the schedule (Megatron-LM advances only on updates).
 
-Kinds after warmup:
-cosine    lr -> min_lr along half a cosine, reaching min_lr at total_steps.
-wsd       warmup-stable-decay: lr until the last `decay_fraction` of total_steps, then a linear
-          decay to min_lr at total_steps (MiniCPM / "WSD" schedules).
+Kinds after warmup (megatron's lr_decay_style, lr_decay_steps = total_steps):
+cosine    lr -> min_lr along half a cosine.
+wsd       warmup-stable-decay ("WSD", lr_wsd_decay_style linear): lr, then over the last
+          `decay_fraction` of total_steps (never starting inside warmup; megatron's
+          wsd_decay_steps) a linear decay to min_lr.
 constant  lr.
-Steps at or past total_steps stay at the final value.
+Past total_steps: min_lr (cosine, wsd) or lr (constant).
+
+The schedule before this module used megatron's name for none of it: the same warmup, but
+the decay reached min_lr one step after the last (step total_steps), so after warmup every
+step's LR was that of the step before here. Checkpoints of that code carry no scheduler state;
+they load, and continue by this definition (loop.py logs it). The scheduler's state_dict
+travels in every checkpoint (common entry `lr_scheduler`) and is loaded on resume, so a resumed
+run's LRs are bitwise those of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Dict
 
 KINDS = ("cosine", "wsd", "constant")
+_STYLE = {"cosine": "cosine", "wsd": "WSD", "constant": "constant"}  # megatron lr_decay_style
 
 
 class LRScheduleError(ValueError):
@@ -65,25 +84,68 @@ class LRSchedule:
 
     @property
     def decay_start(self) -> int:
-        """wsd: first step of the decay phase (never before the end of warmup)."""
+        """wsd: the first step of the decay phase (never before the end of warmup)."""
         start = self.total_steps - int(round(self.decay_fraction * self.total_steps))
         return max(start, self.warmup_steps)
 
+    def megatron_kwargs(self, weight_decay: float = 0.0) -> Dict[str, Any]:
+        """OptimizerParamScheduler's arguments (weight decay constant, as in the recipe)."""
+        return dict(
+            init_lr=0.0, max_lr=float(self.lr), min_lr=float(self.min_lr),
+            lr_warmup_steps=self.warmup_steps,
+            # Megatron needs warmup < decay steps; with warmup_steps == total_steps every step
+            # is a warmup step (num_steps <= warmup_steps) and the decay is never reached.
+            lr_decay_steps=max(self.total_steps, self.warmup_steps + 1),
+            lr_decay_style=_STYLE[self.kind],
+            start_wd=float(weight_decay), end_wd=float(weight_decay),
+            wd_incr_steps=self.total_steps, wd_incr_style="constant",
+            # Resume loads the checkpoint's state and checks its settings equal these (a run
+            # resumes only its own checkpoints: same recipe hash).
+            use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=False,
+            wsd_decay_steps=self.total_steps - self.decay_start if self.kind == "wsd" else None,
+            lr_wsd_decay_style="linear" if self.kind == "wsd" else None)
+
+
+def scheduler(s: LRSchedule, optimizer, step: int = 0, weight_decay: float = 0.0):
+    """megatron's OptimizerParamScheduler over `optimizer`, positioned at `step` (0-based): the
+    optimizer's param groups hold that step's LR and weight decay (per-group max/min LR and
+    wd_mult as megatron's optimizer set them). Advance with `.step(1)` after each step."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    _check_step(step)
+    sched = OptimizerParamScheduler(optimizer, **s.megatron_kwargs(weight_decay))
+    sched.step(step + 1)
+    return sched
+
+
+def load_scheduler_state(sched, state: Dict[str, Any], step: int) -> None:
+    """A checkpoint's `lr_scheduler` entry into a scheduler built at step 0 (megatron asserts the
+    settings equal); the checkpoint must be at `step`."""
+    num_steps = sched.num_steps
+    sched.num_steps = 0
+    try:
+        sched.load_state_dict(state)
+    except AssertionError as e:
+        sched.num_steps = num_steps
+        raise LRScheduleError(f"lr schedule: the checkpoint's scheduler differs from the "
+                              f"recipe's: {e}") from None
+    if sched.num_steps != step + 1:
+        raise LRScheduleError(f"lr schedule: the checkpoint's scheduler is at num_steps "
+                              f"{sched.num_steps}, its train state at step {step} (expected "
+                              f"{step + 1})")
+
+
+def current_lr(sched) -> float:
+    """The LR the scheduler gives now, before per-group multipliers (what is logged)."""
+    return sched.get_lr({})
+
 
 def lr_at(step: int, s: LRSchedule) -> float:
+    """The LR of step `step` (0-based): megatron's formula at num_steps = step + 1."""
+    _check_step(step)
+    return current_lr(scheduler(s, SimpleNamespace(param_groups=[]), step))
+
+
+def _check_step(step) -> None:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise LRScheduleError(f"lr schedule: step must be a non-negative integer, got {step!r}")
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    if s.kind == "constant":
-        return s.lr
-    if s.kind == "cosine":
-        span = s.total_steps - s.warmup_steps
-        progress = 1.0 if span <= 0 else min(1.0, (step - s.warmup_steps) / span)
-        return s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    start = s.decay_start  # wsd
-    if step < start:
-        return s.lr
-    span = s.total_steps - start
-    progress = 1.0 if span <= 0 else min(1.0, (step - start) / span)
-    return s.lr + (s.min_lr - s.lr) * progress
