@@ -233,10 +233,11 @@ def evaluate(recipe, shape: Shape, tp: int, pp: int, ulysses: int, cluster: Clus
 
 
 
-def plan(recipe, cluster: Cluster, kernels: Kernels = Kernels()) -> List[Layout]:
+def plan(recipe, cluster: Cluster, kernels: Optional[Kernels] = None) -> List[Layout]:
     """Every valid layout, best first: those that fit before those that do not; then by
-    tokens/day, less model parallelism, less memory."""
+    tokens/day, less model parallelism, less memory. kernels: default Kernels.for_gpu."""
     shape = Shape.from_recipe(recipe)
+    kernels = Kernels.for_gpu(recipe.model) if kernels is None else kernels
     out = []
     for tp in _divisors(cluster.gpus):
         for pp in _divisors(cluster.gpus // tp):

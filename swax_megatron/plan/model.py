@@ -167,6 +167,15 @@ class Kernels:
     mlstm: str = "triton"  # MLSTM_KERNELS
 
     @classmethod
+    def for_gpu(cls, model) -> "Kernels":
+        """What trains a recipe's model (ModelConfig) on a GPU: TE or FlexAttention and the Triton
+        mLSTM, unless the recipe forces the torch paths."""
+        torch_attention = model.attention_backend == "torch"
+        return cls(attention="chunked" if torch_attention else "flash",
+                   global_attention="sdpa" if torch_attention else None,
+                   mlstm="torch" if model.mlstm.kernel == "torch" else "triton")
+
+    @classmethod
     def cpu(cls) -> "Kernels":
         """What runs on CPU at sequence >= 256 with 2 x window <= sequence (ops.swa.choose_impl)."""
         return cls(attention="chunked", global_attention="sdpa", mlstm="torch")
