@@ -13,6 +13,15 @@ step (so the checkpoint holds the optimizer moments), then, interleaved repeat b
                          resume does once before loading
   lock                   RunLock.acquire + release on a run directory (once per job; nothing
                          is done per step)
+  save_sync_blocked      checkpoint.async_save=false: the trainer waits for the whole save
+  save_async_blocked     checkpoint.async_save=true: what the trainer waits for: save() (state
+                         dict, common.pt, fork of the writer) plus each step boundary's
+                         finalize() until the save completed (the last one writes the manifest
+                         and moves `latest`); training steps run meanwhile
+  save_async_start /     the two parts of save_async_blocked
+  save_async_finalize
+  save_async_complete    from save() to `latest` moved (the steps in between included)
+  step / step_in_flight  a training step alone, and while the writer runs (they share the cores)
 Min and median over the repeats; the ratio uses the minima.
 """
 
@@ -60,10 +69,20 @@ def main() -> None:
     train_step(engine, batch, window=32, lr=1e-4, weight_decay=0.1)
     params = sum(p.numel() for p in engine.model.parameters())
 
+    def step_once() -> float:
+        t0 = time.perf_counter()
+        train_step(engine, batch, window=32, lr=1e-4, weight_decay=0.1)
+        return time.perf_counter() - t0
+
     real_manifest = ck.write_manifest
-    times = {k: [] for k in ("save_without_manifest", "save", "verify", "lock")}
+    times = {k: [] for k in ("save_without_manifest", "save", "verify", "lock",
+                             "save_sync_blocked", "save_async_blocked", "save_async_start",
+                             "save_async_finalize", "save_async_complete",
+                             "step", "step_in_flight")}
+    steps_in_flight = []
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
         manager = CheckpointManager(Path(tmp) / "checkpoints", keep_last=1)
+        asynchronous = CheckpointManager(Path(tmp) / "async", keep_last=1, async_save=True)
         step = 0
         size = 0
         for _ in range(args.repeats):
@@ -83,6 +102,33 @@ def main() -> None:
             t0 = time.perf_counter()
             RunLock.acquire([Path(tmp) / "run"]).release()
             times["lock"].append(time.perf_counter() - t0)
+            times["step"].append(step_once())
+
+            # Synchronous against asynchronous, as the Checkpointer drives them.
+            step += 1
+            t0 = time.perf_counter()
+            manager.save(step, engine.model, engine.optimizer, TrainState(step=step), {})
+            assert manager.finalize()[-1] == manager.root / ck.iter_name(step)
+            times["save_sync_blocked"].append(time.perf_counter() - t0)
+            step += 1
+            t0 = time.perf_counter()
+            path, why = asynchronous.save(step, engine.model, engine.optimizer,
+                                          TrainState(step=step), {})
+            assert path is not None, why
+            start = time.perf_counter() - t0
+            blocked, done, n, in_flight = start, [], 0, []
+            while not done:
+                in_flight.append(step_once())
+                n += 1
+                t1 = time.perf_counter()
+                done = asynchronous.finalize(blocking=n >= 1000)
+                blocked += time.perf_counter() - t1
+            times["save_async_complete"].append(time.perf_counter() - t0)
+            times["save_async_blocked"].append(blocked)
+            times["save_async_start"].append(start)
+            times["save_async_finalize"].append(blocked - start)
+            times["step_in_flight"].append(statistics.median(in_flight))
+            steps_in_flight.append(n)
         ck.write_manifest = real_manifest
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -94,6 +140,8 @@ def main() -> None:
           / min(times["save_without_manifest"])})
     emit({"ratio": "manifest checksum MB/s", "value": size / 1e6 / max(
         1e-9, min(times["save"]) - min(times["save_without_manifest"]))})
+    emit({"ratio": "blocked sync / async", "value": min(times["save_sync_blocked"])
+          / min(times["save_async_blocked"]), "steps_while_in_flight": steps_in_flight})
 
 
 if __name__ == "__main__":

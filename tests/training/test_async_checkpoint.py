@@ -88,6 +88,21 @@ def test_sigkill_with_an_async_save_in_flight_resumes_from_the_previous_one(
     assert not (ckpts / "iter_0000002").exists()  # pruned only once 3 newer ones completed
 
 
+def test_a_requeue_signal_completes_the_saves_in_flight_before_exiting(tiny_corpus, tmp_path):
+    # SIGUSR1 to rank 1 after step 3: the step-2 save may still be in flight; the job saves
+    # step 3, and before it exits with 42 both are complete and `latest` names step 3.
+    from swax_megatron.exit_codes import EXIT_REQUEUE
+
+    stopped, runs = _job(tiny_corpus, tmp_path, ASYNC, env={"SWAX_FAULT": "signal@step:3:USR1:1"})
+    assert stopped.codes == [EXIT_REQUEUE] * 2, stopped.log
+    run_dir = find_run_dir(runs)
+    assert _checkpoints(train_records(run_dir)) == [(2, "every_steps"), (3, "signal")]
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "iter_0000003"
+    assert all((ckpts / n / "manifest.json").is_file() for n in ("iter_0000002", "iter_0000003"))
+    assert "resume from " + str(ckpts / "iter_0000003") in stopped.logs[0]
+
+
 def test_prune_keeps_complete_checkpoints_and_never_touches_newer_ones(tmp_path):
     from swax_megatron.training.checkpoint import CheckpointManager, iter_name
 
