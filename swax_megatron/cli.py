@@ -8,7 +8,7 @@
     swax sweep submit FILE [a.b=c ...] [--parallel K] [--dry-run] [--no-check] [--script PATH]
     swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
                   [--temperature T --seed S]                  (needs the hf extra)
-    swax eval RUN_DIR [--tasks a,b] [eval.key=value ...]     (needs the hf extra)
+    swax eval RUN_DIR [--tasks a,b] [--layout single|run] [eval.key=value ...]   (needs the hf extra)
     swax eval submit RECIPE|RUN_DIR... [--tasks a,b] [--parallel K] [--dry-run] [--no-check]
                      [--script PATH] [eval.key=value ...]    (= swax eval-submit; slurm/eval.sh)
     swax plan RECIPE [a.b=c ...] --gpus N [--gpu-memory 80GB] [--gpu-flops 989e12] [--mfu 0.4]
@@ -197,7 +197,8 @@ def _cmd_eval(args) -> int:
         from .eval.harness import evaluate_run
 
         if tasks is not None or lm_tasks is None:  # --lm-eval alone runs lm-eval only
-            for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides):
+            for path in evaluate_run(args.recipe, tasks=tasks, overrides=args.overrides,
+                                     layout=args.layout):
                 print(path)
         if lm_tasks is not None:
             from .eval.lm_eval_adapter import evaluate_lm_eval
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "recipe":
             action.metavar = "RUN_DIR"
     ev.add_argument("--tasks", metavar="A,B", help="these tasks (default: the recipe's eval.tasks)")
+    ev.add_argument("--layout", choices=("single", "run"), default="single",
+                    help="single (default): the Hugging Face model in this process; run: the megatron "
+                         "model at the run's TP x PP, one process per rank (srun/torchrun's, else local)")
     ev.add_argument("--lm-eval", metavar="A,B", help="lm-evaluation-harness tasks on the run's "
                     "Hugging Face export (eval extra; offline); alone, only these run")
     ev.add_argument("--lm-eval-include", metavar="DIR",

@@ -7,7 +7,7 @@ once, evaluated at every eval window x task of the recipe's `eval:` section.
 
 Each (task, window) writes RUN_DIR/eval/<task>-w<window>-<hash8>.json (atomic; the format
 eval/report_data.py reads: format 1, task, kind, window, checkpoint {path, step}, settings,
-settings_hash, created, score, and grid / buckets / ppl by kind), and a generation task also
+settings_hash, layout, created, score, and grid / buckets / ppl by kind), and a generation task also
 <same name>.png, its length x depth heatmap. A file that exists with the same checkpoint step and
 settings hash is skipped, so re-running does nothing; a new checkpoint or changed settings redo it.
 
@@ -21,8 +21,13 @@ Kinds (swax_megatron.eval.names):
   data.split, or the embedded corpus' valid plays), mean loss per position bucket.
 
 Every prompt and sequence starts with the end-of-document token, the way every training document
-but the first is preceded by one (and `swax generate` starts an empty prompt). One process,
-TP = PP = 1 (the checkpoint reshards on load).
+but the first is preceded by one (and `swax generate` starts an empty prompt).
+
+Layouts (`layout=`, `swax eval --layout`): "single" (default) converts the checkpoint to the
+Hugging Face model in this process (TP = PP = 1: the checkpoint reshards on load); "run" loads it
+into the megatron model at the run's own TP x PP, as many processes (eval/layout.py), with the
+model's incremental decoding. Both compute the same numbers (tests/eval/test_eval_layout.py): a
+results file records the layout that wrote it, and its settings hash does not depend on it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .names import EVAL_TASKS, PPL_TASK, task_kind
 from .results import read_json
 
 RESULTS_FORMAT = 1
+LAYOUTS = ("single", "run")  # swax eval --layout: the HF model in one process, or the run's TP x PP
 LOGITS_CHUNK = 2048  # positions per lm_head call: logits of 131k x vocab never exist at once
 
 
@@ -172,19 +178,22 @@ def pending_evaluations(run_dir, tasks: Optional[Iterable[str]] = None,
 
 
 def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequence[str] = (),
-                 progress: bool = True) -> List[Path]:
+                 progress: bool = True, layout: str = "single") -> List[Path]:
     """Evaluate the run's latest checkpoint; the results files of every (window, task), written
-    now or found done. Raises one of bad_input_errors() on bad input."""
+    now or found done. layout: "single" (the Hugging Face model in this process) or "run" (the
+    megatron model at the run's TP x PP, eval/layout.py). Raises one of bad_input_errors() on bad
+    input."""
     run_dir = Path(run_dir)
+    if layout not in LAYOUTS:
+        raise EvalError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if layout == "run":
+        from .layout import evaluate_at_run_layout
+
+        return evaluate_at_run_layout(run_dir, tasks, overrides, progress)
     recipe, jobs, source = _setup(run_dir, tasks, overrides)
-    todo = [j for j in jobs if not _is_done(j, source.step)]
-    for j in jobs:
-        if j not in todo:
-            _say(progress, f"{j.task} at window {j.window}: done at step {source.step} ({j.path.name}), skipped")
+    todo = _todo(jobs, source, progress)
     if not todo:
         return [j.path for j in jobs]
-
-    import torch
 
     from ..hf.convert import convert_checkpoint, quiet, single_process_world
 
@@ -196,27 +205,49 @@ def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequ
     with single_process_world():
         converted = convert_checkpoint(source, dtype="fp32", window=todo[0].window)
         converted.megatron = None  # holds process groups: freed with the world
-    model, tok = converted.hf, _TaskTokenizer(converted.tokenizer)
-    (run_dir / "eval").mkdir(exist_ok=True)
+    run_jobs(HFBackend(converted.hf), _TaskTokenizer(converted.tokenizer), recipe, run_dir, source, todo,
+             progress)
+    return [j.path for j in jobs]
+
+
+def _todo(jobs: List[_Job], source, progress: bool) -> List[_Job]:
+    todo = [j for j in jobs if not _is_done(j, source.step)]
+    for j in jobs:
+        if j not in todo:
+            _say(progress, f"{j.task} at window {j.window}: done at step {source.step} ({j.path.name}), skipped")
+    return todo
+
+
+def run_jobs(backend, tok, recipe, run_dir: Path, source, todo: List[_Job], progress: bool,
+             write: bool = True) -> None:
+    """Compute `todo` with `backend` (HFBackend, or layout.MegatronBackend on every rank of its
+    world) and, where `write`, write their results files (with the backend's layout: which one
+    computed them; not part of the settings hash, the numbers are the same)."""
+    import torch
+
+    from .results import save_heatmap, write_json
+
+    if write:
+        (run_dir / "eval").mkdir(exist_ok=True)
     checkpoint = {"path": str(source.checkpoint), "step": source.step}
     torch.set_grad_enabled(False)
     try:
         for job in todo:
-            _set_window(model, job.window)
+            backend.set_window(job.window)
             _say(progress, f"{job.task} at window {job.window} (step {source.step})")
             if job.kind == "generation":
-                body = _run_generation(model, tok, recipe, job, progress)
+                body = _run_generation(backend, tok, recipe, job, progress)
             elif job.kind == "probes":
-                body = _run_probes(model, tok, recipe, job, progress)
+                body = _run_probes(backend, tok, recipe, job, progress)
             else:
-                body = _run_ppl(model, tok, recipe, job, progress)
+                body = _run_ppl(backend, tok, recipe, job, progress)
+            if not write:
+                continue
             out = {"format": RESULTS_FORMAT, "task": job.task, "kind": job.kind, "window": job.window,
                    "checkpoint": checkpoint, "settings": job.settings,
-                   "settings_hash": job.settings_hash,
+                   "settings_hash": job.settings_hash, "layout": dict(backend.layout),
                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    **body}
-            from .results import save_heatmap, write_json
-
             if job.kind == "generation":
                 save_heatmap(out["grid"], job.png,
                              title=f"{run_dir.name}: {job.task}, window {job.window}, step {source.step}")
@@ -225,7 +256,6 @@ def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequ
             _say(progress, f"{job.task} at window {job.window}: {shown}wrote {job.path}")
     finally:
         torch.set_grad_enabled(True)
-    return [j.path for j in jobs]
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -247,26 +277,70 @@ class _TaskTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=True)
 
 
-def _set_window(model, window: int) -> None:
-    """The sliding layers' window (the converted model is built at the first one)."""
-    from ..hf.modeling_swax import SwaxAttention
+class HFBackend:
+    """The single-process backend: the converted Hugging Face model (TP = PP = 1). The interface
+    every backend serves (layout.MegatronBackend too): set_window, next_argmax, token_losses,
+    generate, layout."""
 
-    model.config.sliding_window = window
-    for m in model.modules():
-        if isinstance(m, SwaxAttention) and m.window is not None:
-            m.window = window
+    layout = {"kind": "single", "backend": "hf", "tp": 1, "pp": 1}
 
+    def __init__(self, model):
+        self.model = model
 
-def _logit_chunks(model, ids):
-    """(start, logits [n, vocab]) of one sequence, LOGITS_CHUNK positions at a time."""
-    import torch
+    def set_window(self, window: int) -> None:
+        """The sliding layers' window (the converted model is built at the first one)."""
+        from ..hf.modeling_swax import SwaxAttention
 
-    from ..hf.modeling_swax import soft_cap
+        self.model.config.sliding_window = window
+        for m in self.model.modules():
+            if isinstance(m, SwaxAttention) and m.window is not None:
+                m.window = window
 
-    x = torch.tensor([ids], dtype=torch.long)
-    h = model.model(input_ids=x, use_cache=False).last_hidden_state[0]
-    for a in range(0, h.shape[0], LOGITS_CHUNK):
-        yield a, soft_cap(model.lm_head(h[a:a + LOGITS_CHUNK]), model.config.output_logit_soft_cap)
+    def _logit_chunks(self, ids):
+        """(start, logits [n, vocab]) of one sequence, LOGITS_CHUNK positions at a time."""
+        import torch
+
+        from ..hf.modeling_swax import soft_cap
+
+        model = self.model
+        x = torch.tensor([ids], dtype=torch.long)
+        h = model.model(input_ids=x, use_cache=False).last_hidden_state[0]
+        for a in range(0, h.shape[0], LOGITS_CHUNK):
+            yield a, soft_cap(model.lm_head(h[a:a + LOGITS_CHUNK]), model.config.output_logit_soft_cap)
+
+    def next_argmax(self, ids: Sequence[int]) -> List[int]:
+        """The most likely next token after each prefix ids[:t+1] (teacher forced)."""
+        out: List[int] = []
+        for _, logits in self._logit_chunks(ids):
+            out += logits.argmax(-1).tolist()
+        return out
+
+    def token_losses(self, ids: Sequence[int], targets: Sequence[int]):
+        """Cross entropy [len(targets)] of targets[t] after ids[:t+1] (fp32)."""
+        import torch
+
+        target = torch.tensor(list(targets), dtype=torch.long)
+        parts = []
+        for a, logits in self._logit_chunks(ids):
+            n = min(logits.shape[0], len(target) - a)
+            if n <= 0:
+                break
+            parts.append(torch.nn.functional.cross_entropy(logits[:n].float(), target[a:a + n], reduction="none"))
+        return torch.cat(parts)
+
+    def generate(self, prompts: Sequence[Sequence[int]], new_tokens: int, eos: int) -> List[List[int]]:
+        """Greedy continuations (up to new_tokens each; after an eos, anything) of a batch of
+        prompts, run left-padded with the model's constant-memory cache."""
+        import torch
+
+        pad = self.model.generation_config.pad_token_id
+        pad = eos if pad is None else pad
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=pad, eos_token_id=eos)
+        return out[:, width:].tolist()
 
 
 def _samples(task, tok, job: _Job) -> list:
@@ -278,28 +352,19 @@ def _samples(task, tok, job: _Job) -> list:
         raise EvalError(f"{job.task}: cannot build its samples ({str(e).splitlines()[0]})") from None
 
 
-def _run_generation(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
-    import torch
-
+def _run_generation(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     from . import get_task
     from .results import accuracy_grid
 
     task = get_task(job.task)
     samples = _samples(task, tok, job)
     batch_size = recipe.eval.batch_size
-    pad = model.generation_config.pad_token_id
-    pad = tok.eod if pad is None else pad
     records = []
     for b in range(0, len(samples), batch_size):
         batch = samples[b:b + batch_size]
         prompts = [[tok.eod, *s.prompt_ids] for s in batch]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         new = max(s.gen_tokens for s in batch)
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                             pad_token_id=pad, eos_token_id=tok.eod)
-        for s, row in zip(batch, out[:, width:].tolist()):
+        for s, row in zip(batch, backend.generate(prompts, new, tok.eod)):
             row = row[:s.gen_tokens]
             if tok.eod in row:
                 row = row[:row.index(tok.eod)]
@@ -311,7 +376,7 @@ def _run_generation(model, tok: _TaskTokenizer, recipe, job: _Job, progress: boo
     return {"score": grid["mean"], "grid": grid, "records": records}
 
 
-def _run_probes(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+def _run_probes(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     from . import get_task
     from .results import distance_buckets
 
@@ -319,9 +384,7 @@ def _run_probes(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -
     samples = _samples(task, tok, job)
     records = []
     for i, s in enumerate(samples):
-        argmax = []
-        for _, logits in _logit_chunks(model, [tok.eod, *s.ids]):
-            argmax += logits.argmax(-1).tolist()
+        argmax = backend.next_argmax([tok.eod, *s.ids])
         records += task.score_probes(s, argmax[1:])  # position t of s.ids is t + 1 here
         if progress and (i + 1 == len(samples) or (i + 1) % 8 == 0):
             _say(progress, f"  {job.task}: {i + 1}/{len(samples)} samples")
@@ -366,7 +429,7 @@ def validation_tokens(recipe, tok: _TaskTokenizer) -> List[int]:
     return out
 
 
-def _run_ppl(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+def _run_ppl(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     import torch
 
     s = job.settings
@@ -380,19 +443,14 @@ def _run_ppl(model, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> d
     counts = [0] * (len(edges) - 1)
     for i in range(count):
         seq = stream[i * length:(i + 1) * length]
-        ids = [tok.eod, *seq]  # position p of seq is predicted by logits at p (after the eod)
-        target = torch.tensor(seq, dtype=torch.long)
-        for a, logits in _logit_chunks(model, ids):
-            n = min(logits.shape[0], length - a)
-            if n <= 0:
-                break
-            loss = torch.nn.functional.cross_entropy(logits[:n].float(), target[a:a + n], reduction="none")
-            pos = torch.arange(a, a + n)
-            for k in range(len(edges) - 1):
-                sel = (pos >= edges[k]) & (pos < edges[k + 1])
-                if sel.any():
-                    sums[k] += float(loss[sel].sum())
-                    counts[k] += int(sel.sum())
+        # position p of seq is predicted by the logits at p (after the eod)
+        loss = backend.token_losses([tok.eod, *seq], seq)
+        pos = torch.arange(len(seq))
+        for k in range(len(edges) - 1):
+            sel = (pos >= edges[k]) & (pos < edges[k + 1])
+            if sel.any():
+                sums[k] += float(loss[sel].sum())
+                counts[k] += int(sel.sum())
         _say(progress, f"  {PPL_TASK}: {i + 1}/{count} sequences of {length:,} tokens")
     buckets = [{"start": edges[k], "end": edges[k + 1],
                 "loss": sums[k] / counts[k] if counts[k] else None, "tokens": counts[k]}

@@ -76,3 +76,92 @@ def test_incremental_decode_equals_reforward(pattern, tp):
             assert step.argmax(-1).tolist() == full.argmax(-1).tolist()
         for t, (a, b) in enumerate(out["padded"]):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), f"padded step {t}: {(a - b).abs().max():.3g}"
+
+
+# --- the run's layout against the single-process Hugging Face path ------------------------------------
+
+# Small: one NIAH batch of two prompts (different lengths: left padding) longer than the window (64),
+# passkey probes, perplexity over 8 x the training length.
+SMALL = ["eval.lengths=[512]", "eval.samples=1", "eval.depths=[0, 100]", "eval.ppl_sequences=1",
+         "eval.batch_size=2"]
+TASKS = ["niah_single_1", "passkey", "ppl_by_position"]
+
+
+def _trained(tmp_path_factory, name: str) -> Path:
+    """Real tiny runs (tests/hf/convert_testing.py, shared with tests/hf in the same session):
+    "tp2" trained at TP=2 (XSGX: mLSTM, sliding and global layers; untied output, q/k/v biases),
+    "pp2" at PP=2 (XS|GX, tied embeddings)."""
+    pytest.importorskip("transformers", reason="evaluation needs the hf extra")
+    sys.path.insert(0, str(TESTS / "hf"))
+    from convert_testing import RUNS, train
+
+    return train(tmp_path_factory, name, RUNS[name])
+
+
+@pytest.fixture(scope="module")
+def tp2_run(tmp_path_factory):
+    return _trained(tmp_path_factory, "tp2")
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval"))
+    return dest
+
+
+def _results(paths) -> dict:
+    import json
+
+    return {json.loads(Path(p).read_text())["task"]: json.loads(Path(p).read_text()) for p in paths}
+
+
+def _evaluate_in_world(rank, run_dir, tasks, overrides):
+    from swax_megatron.eval.layout import evaluate_in_world
+
+    return [str(p) for p in evaluate_in_world(run_dir, tasks, overrides, progress=False)]
+
+
+def _compare_layouts(run: Path, tmp_path: Path, tp: int, pp: int):
+    from swax_megatron.eval.harness import evaluate_run
+
+    single, layout = _copy(run, tmp_path / "single"), _copy(run, tmp_path / "run")
+    a = _results(evaluate_run(single, tasks=TASKS, overrides=SMALL, progress=False))
+    paths = run_distributed(_evaluate_in_world, tp * pp, layout, TASKS, SMALL, tp=tp, pp=pp, timeout=300)
+    assert all(p == paths[0] for p in paths)
+    b = _results(paths[0])
+    written = [Path(p) for p in paths[0]] + [Path(p).with_suffix(".png") for p in paths[0] if "niah" in p]
+    assert sorted((layout / "eval").iterdir()) == sorted(written)  # rank 0 wrote them, once
+
+    for task in TASKS:
+        x, y = a[task], b[task]
+        # The same settings hash (the file's name): the layout only says who computed it.
+        assert x["settings_hash"] == y["settings_hash"] and x["settings"] == y["settings"]
+        assert x["layout"] == {"kind": "single", "backend": "hf", "tp": 1, "pp": 1}
+        assert y["layout"] == {"kind": "run", "backend": "megatron", "tp": tp, "pp": pp}
+        assert x["checkpoint"] == {**y["checkpoint"], "path": x["checkpoint"]["path"]}
+    return a, b
+
+
+def _assert_same_results(a: dict, b: dict) -> None:
+    niah_a, niah_b = a["niah_single_1"], b["niah_single_1"]
+    assert len(niah_a["records"]) == 2
+    assert [r["prediction"] for r in niah_a["records"]] == [r["prediction"] for r in niah_b["records"]]
+    assert any(r["prediction"] for r in niah_a["records"])  # something was generated
+    assert niah_a["grid"] == niah_b["grid"]
+    assert a["passkey"]["buckets"] == b["passkey"]["buckets"]
+    assert a["passkey"]["token_accuracy"] == b["passkey"]["token_accuracy"]
+    ba, bb = a["ppl_by_position"]["ppl"]["buckets"], b["ppl_by_position"]["ppl"]["buckets"]
+    assert [(x["start"], x["end"], x["tokens"]) for x in ba] == [(x["start"], x["end"], x["tokens"]) for x in bb]
+    for x, y in zip(ba, bb):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)
+
+
+def test_tp2_layout_equals_single_process(tp2_run, tmp_path):
+    _assert_same_results(*_compare_layouts(tp2_run, tmp_path, tp=2, pp=1))
+
+
+@pytest.mark.slow
+def test_pp2_layout_equals_single_process(tmp_path_factory, tmp_path):
+    """PP=2: stage to stage by send / recv, the last stage's results broadcast."""
+    _assert_same_results(*_compare_layouts(_trained(tmp_path_factory, "pp2"), tmp_path, tp=1, pp=2))
