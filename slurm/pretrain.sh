@@ -264,6 +264,14 @@ if [ "$rc" = 0 ]; then
   exit 0
 fi
 if [ "$rc" != "$SWAX_REQUEUE_EXIT" ]; then
+  # Ranks that died with a node, or whose collective broke when another node went away, leave
+  # the trainer's exit.json at "running": say here how the job ended and where it resumes.
+  where="job ${jobref:-local}${SLURM_JOB_NODELIST:+ on $SLURM_JOB_NODELIST}${got_term:+, after SIGTERM from SLURM (cancel, time limit, preemption or a failed node)}"
+  # shellcheck disable=SC2016
+  "$PY" -c 'import sys; from swax_megatron.launch.jobenv import record_failure
+sys.exit(0 if record_failure(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]) else 1)' \
+    "$SWAX_RUN_DIR" "$SWAX_CHECKPOINT_DIR" "$rc" "$where" 2>/dev/null \
+    && log "exit.json: $(tr -d '\n' < "$SWAX_RUN_DIR/exit.json" | tr -s ' ')"
   log "training failed with exit code $rc"
   exit "$rc"
 fi

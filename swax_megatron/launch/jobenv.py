@@ -6,10 +6,14 @@ its layout, launcher, site profile, the trainer's requeue exit code and the trai
 
 A sweep entry is trained as `python -m swax_megatron.train RECIPE [overrides] --sweep-index I`,
 so the trainer resolves the same entry (same hash, same run directory) as printed here.
+
+`record_failure` is the script's word in exit.json when the ranks ended without the trainer's:
+a rank killed with its node, or one whose collective broke when another node went away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from typing import Optional, Sequence
@@ -26,6 +30,9 @@ def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[in
     s = r.recipe.slurm
     values = {
         "SWAX_RUN_DIR": os.path.abspath(r.run_dir),
+        # where the trainer keeps checkpoints/latest (training.loop: checkpoint.dir or the run's)
+        "SWAX_CHECKPOINT_DIR": os.path.abspath(r.recipe.checkpoint.dir
+                                               or os.path.join(r.run_dir, "checkpoints")),
         "SWAX_RUN_NAME": r.run_name,
         "SWAX_NODES": s.nodes,
         "SWAX_GPUS_PER_NODE": s.gpus_per_node,
@@ -39,3 +46,43 @@ def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[in
     lines = [f"{k}={shlex.quote(str(v))}" for k, v in values.items()]
     lines.append("SWAX_TRAIN_ARGS=(" + " ".join(shlex.quote(a) for a in [recipe, *args]) + ")")
     return "\n".join(lines) + "\n"
+
+
+def record_failure(run_dir: str, checkpoint_dir: str, code: int, detail: str) -> bool:
+    """Write exit.json for ranks that failed with exit code `code` while the trainer's own record
+    still says "running" (code null): the trainer of a rank that died with its node, or whose
+    gloo/NCCL peer vanished, never got to write one. The record says which step was trained
+    last (metrics.jsonl), which checkpoint a rerun resumes from (checkpoints/latest) and
+    `detail` (the job and its nodes). A record the trainer wrote itself is left alone.
+    Returns whether it wrote."""
+    from ..training.metrics import read_metrics, write_summary
+
+    path = os.path.join(run_dir, "exit.json")
+    try:
+        with open(path) as f:
+            current = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(current, dict) or current.get("code") is not None:
+        return False
+    step = current.get("step")
+    try:
+        trained = [r["step"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+                   if r.get("kind") == "train"]
+        step = trained[-1] if trained else step
+    except (OSError, ValueError, KeyError):
+        pass
+    checkpoint = None
+    try:
+        with open(os.path.join(checkpoint_dir, "latest")) as f:
+            name = f.read().strip()
+        checkpoint = os.path.join(checkpoint_dir, name) if name else None
+    except OSError:
+        pass
+    resume = f"a rerun resumes from {checkpoint}" if checkpoint else "no checkpoint yet: a rerun starts over"
+    write_summary(path, {"code": code, "step": step,
+                         "reason": f"the ranks failed with exit code {code} before the trainer "
+                                   f"recorded why ({detail}); {resume}",
+                         "checkpoint": checkpoint})
+    return True
+

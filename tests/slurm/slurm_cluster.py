@@ -106,23 +106,33 @@ class LocalCluster:
             with open(os.path.join(self.root, "etc", "gres.conf"), "w") as f:
                 f.write(f"NodeName={self.node} Name=gpu "
                         f"File={self.root}/fakegpu/nvidia[0-{self.gpus - 1}]\n")
+        lines = self.config_lines(f"SlurmctldHost={self.node}", [f"SlurmdPort={slurmd_port}"],
+                                  ctld_port, extra + [node + " State=UNKNOWN"])
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def config_lines(self, ctld_host: str, daemon_lines: Sequence[str], ctld_port: int,
+                     node_lines: Sequence[str], slurmd_files: str = "slurmd") -> List[str]:
+        """slurm.conf: the settings every test cluster shares, around its controller, daemon and
+        node lines, then the partitions over all nodes (the first is the default).
+        `slurmd_files`: the stem of slurmd's PID and log file (`slurmd-%n` for one per node)."""
         r = self.root
         lines = [
             "ClusterName=swaxci",
-            f"SlurmctldHost={self.node}",
+            ctld_host,
             f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={slurmd_port}",
+            *daemon_lines,
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_socket},cred_expire=5",
             f"StateSaveLocation={r}/state",
-            f"SlurmdSpoolDir={r}/spool",
+            f"SlurmdSpoolDir={r}/spool" + ("/%n" if "%n" in slurmd_files else ""),
             f"SlurmctldPidFile={self.pidfiles['slurmctld']}",
-            f"SlurmdPidFile={self.pidfiles['slurmd']}",
+            f"SlurmdPidFile={r}/{slurmd_files}.pid",
             f"SlurmctldLogFile={r}/log/slurmctld.log",
-            f"SlurmdLogFile={r}/log/slurmd.log",
+            f"SlurmdLogFile={r}/log/{slurmd_files}.log",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             "ProctrackType=proctrack/linuxproc",
@@ -142,14 +152,12 @@ class LocalCluster:
             "MinJobAge=3600",
             "SchedulerType=sched/backfill",
             "SchedulerParameters=batch_sched_delay=0,bf_interval=1,sched_interval=2",
-            *extra,
-            node + " State=UNKNOWN",
+            *node_lines,
         ]
         for i, (part, max_time) in enumerate(self.partitions):
             default = "YES" if i == 0 else "NO"
             lines.append(f"PartitionName={part} Nodes=ALL Default={default} MaxTime={max_time} State=UP")
-        with open(self.conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        return lines
 
     def _start_munged(self) -> None:
         d = os.path.join(self.root, "munge")
