@@ -39,16 +39,18 @@ def ulysses_group() -> Optional[torch.distributed.ProcessGroup]:
 def init_deepspeed_comm() -> None:
     """deepspeed.comm on top of the existing torch.distributed world (DistributedAttention's
     all-to-alls go through it). On a CPU accelerator its init would JIT-compile a shared-memory
-    all-reduce op Ulysses never uses (about 70 s cold, and a failure without g++): marked
-    incompatible first."""
+    all-reduce op Ulysses never uses (about 70 s cold, and a failure without g++): that op is
+    marked incompatible first, in the lazily built table of compatible ops, without building the
+    rest of the table (reading it probes every op with compiler runs that print link errors)."""
     import os
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-    import deepspeed.ops
+        import deepspeed.ops
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+    import deepspeed
+
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.dist import run_distributed
+from tests.models.swax_model_testing import merge_shards, shard_info
 
 pytest.importorskip("deepspeed")
 
@@ -117,7 +118,8 @@ def _model_grads(rank, u, tp, pattern):
 
     _init_cp(u, tp) if u > 1 else _init_tp(tp)
     torch.manual_seed(0)
-    recipe = _recipe(pattern, [f"parallel.ulysses_size={u}", f"parallel.tensor_model_parallel_size={tp}"])
+    recipe = _recipe(pattern, [f"parallel.ulysses_size={u}", f"parallel.tensor_model_parallel_size={tp}",
+                               f"slurm.gpus_per_node={u * tp}"])
     model = swax_model_from_recipe(recipe, vocab_size=128)
     model.set_swa_window(12)
     g = torch.Generator().manual_seed(1)
@@ -136,10 +138,10 @@ def _model_grads(rank, u, tp, pattern):
         grad = p.grad.detach().clone()
         if u > 1:
             torch.distributed.all_reduce(grad, group=ps.get_context_parallel_group())
-        if tp > 1 and getattr(p, "tensor_model_parallel", False):
+        if tp > 1 and shard_info(p) is not None:
             parts = [torch.empty_like(grad) for _ in range(tp)]
             torch.distributed.all_gather(parts, grad, group=ps.get_tensor_model_parallel_group())
-            grad = torch.cat(parts, dim=p.partition_dim)
+            grad = merge_shards(parts, shard_info(p))  # strided: SwiGLU fc1 holds [gate_r; up_r]
         grads[name] = grad
     return float(total), grads
 
@@ -154,12 +156,27 @@ def _init_tp(tp):
     cpu_compat.model_parallel_seed(1234)
 
 
-@pytest.mark.parametrize("pattern", ["XSGX"])
-def test_model_loss_and_grads_equal_one_process(pattern):
+@pytest.mark.parametrize("u, tp", [(2, 1), (2, 2)])  # tp 2 x ulysses 2: 1 kv group per rank, expanded
+def test_model_loss_and_grads_equal_one_process(u, tp):
+    pattern = "XSGX"
     ref_loss, ref = run_distributed(_model_grads, 1, 1, 1, pattern)[0]
-    for rank, (loss, grads) in enumerate(run_distributed(_model_grads, 2, 2, 1, pattern)):
+    for rank, (loss, grads) in enumerate(run_distributed(_model_grads, u * tp, u, tp, pattern)):
         assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (rank, loss, ref_loss)
         assert grads.keys() == ref.keys()
         for name, gr in grads.items():
             err = (gr - ref[name]).abs().max().item()
             assert err <= 1e-5 * max(1.0, ref[name].abs().max().item()), (rank, name, err)
+
+
+def _shm_op_skipped(rank):
+    _init_cp(2)
+    import deepspeed.comm.comm as ds_comm
+    from deepspeed.accelerator import get_accelerator
+
+    # The name our init marks incompatible is this version's shared-memory op, and no op was built.
+    return get_accelerator().create_op_builder("ShareMemCommBuilder").NAME, ds_comm.cdb.shm_comm_op
+
+
+def test_deepspeed_init_skips_the_shared_memory_op_build():
+    for name, op in run_distributed(_shm_op_skipped, 2):
+        assert name == "deepspeed_shm_comm" and op is None
