@@ -31,7 +31,15 @@ def default_gpu_flops(recipe) -> float:
 
 
 def _b(n: float) -> str:
-    return f"{n / 1e9:.2f}B"
+    """A count: 1.42B, 3.10M, 12.5K."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f}" if n >= 10 * GiB else f"{n / GiB:.2f}"
 
 
 def summary(recipe, cluster: Cluster, layouts: List[Layout], top: int) -> dict:
@@ -68,26 +76,29 @@ def table(recipe, cluster: Cluster, layouts: List[Layout], top: int, label: str)
         f"MLP {f['mlp']:.3g}, output {f['output']:.3g}) at sequence {r['seq_length']}, "
         f"windows {windows}",
         f"batch {r['global_batch_size']} x {r['seq_length']} tokens (micro {r['micro_batch_size']}), "
-        f"{r['steps']:,} steps = {r['tokens'] / 1e9:.1f}B tokens, {r['precision']}",
+        f"{r['steps']:,} steps = {_b(r['tokens'])} tokens, {r['precision']}",
         "",
     ]
     if not layouts:
         return "\n".join(lines + ["no valid layout"])
     head = ("  #  TP  PP   U    DP  micro  recompute   weights  grads  optim   acts  total GiB"
-            "  bubble  tokens/day   days")
+            "  no-DO GiB  bubble  tokens/day   days")
     lines.append(head)
     for i, L in enumerate(layouts[:top] if top > 0 else layouts, 1):
-        m = {k: v / GiB for k, v in L.memory.items()}
+        m = {k: _gib(v) for k, v in L.memory.items()}
+        acts = _gib(L.memory["activations"] + L.memory["transient"])
         fit = "" if L.fits else "  does not fit"
         lines.append(
             f"{i:3d} {L.tp:3d} {L.pp:3d} {L.ulysses:3d} {L.dp:5d} {L.microbatches:6d}  "
-            f"{L.recompute:<10s} {m['weights']:8.1f} {m['gradients']:6.1f} {m['optimizer']:6.1f} "
-            f"{m['activations'] + m['transient']:6.1f} {m['total']:10.1f}  {L.bubble:6.1%}  "
-            f"{L.tokens_per_day / 1e9:8.2f}B {L.days:6.1f}{fit}")
+            f"{L.recompute:<10s} {m['weights']:>8s} {m['gradients']:>6s} {m['optimizer']:>6s} "
+            f"{acts:>6s} {m['total']:>10s} {_gib(L.memory_without_distributed_optimizer):>10s}  "
+            f"{L.bubble:6.1%}  "
+            f"{_b(L.tokens_per_day):>10s} {L.days:6.3g}{fit}")
     lines += ["", f"{s['valid_layouts']} valid layouts, {s['fitting_layouts']} fit in "
-              f"{cluster.usable:.0%} of {cluster.gpu_memory / 1e9:.0f} GB; memory is the "
-              f"fullest pipeline stage with the distributed optimizer; sequence parallelism on "
-              f"where TP > 1"]
+              f"{cluster.usable:.0%} of {cluster.gpu_memory / 1e9:.0f} GB. Memory: the fullest "
+              f"pipeline stage, with the distributed optimizer (no-DO: without it); sequence "
+              f"parallelism on where TP > 1; acts: the in-flight microbatches' activations and "
+              f"the backward pass's largest transient"]
     return "\n".join(lines)
 
 
