@@ -337,6 +337,8 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
                       f"{m.mlstm.num_heads} mLSTM heads are not divisible by tensor x ulysses "
                       f"= {tp} x {ulysses}")
 
+    _check_recompute(c, r, layers, stages)
+
     # Optimiser and schedule.
     o = r.optim
     c.require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
@@ -379,6 +381,38 @@ def validate(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
               f"must be > 0 or null, got {t.exit_after_minutes}")
 
     _check_eval(c, r)
+
+
+# train.recompute.modules: megatron's core_attn (S/G attention core) and mlp (every layer's MLP),
+# and the X mixer's mlstm_cell (models/mlstm_layer.py).
+RECOMPUTE_MODULES = ("core_attn", "mlp", "mlstm_cell")
+
+
+def _check_recompute(c: _Checker, r: Recipe, layers: str, stages: List[str]) -> None:
+    rc = r.train.recompute
+    for i, name in enumerate(rc.modules):
+        c.require(name in RECOMPUTE_MODULES, f"train.recompute.modules.{i}",
+                  f"unknown module {shorten(name, 40)!r}; expected one of "
+                  f"{', '.join(RECOMPUTE_MODULES)}")
+        c.require(name not in rc.modules[:i], f"train.recompute.modules.{i}",
+                  f"module {name!r} is listed twice")
+    for i, symbol in enumerate(rc.layer_types):
+        c.require(symbol in ("S", "G", "X"), f"train.recompute.layer_types.{i}",
+                  f"unknown layer type {shorten(symbol, 40)!r}; expected S, G or X")
+        c.require(symbol not in rc.layer_types[:i], f"train.recompute.layer_types.{i}",
+                  f"layer type {symbol!r} is listed twice")
+    if rc.granularity == "selective":
+        c.require(len(rc.modules) > 0, "train.recompute.modules",
+                  "selective recomputation needs at least one module")
+    if rc.granularity == "full":
+        kinds = [s for s in rc.layer_types if s in layers]
+        c.require(len(kinds) > 0, "train.recompute.layer_types",
+                  f"full recomputation of layer types {rc.layer_types} but pattern "
+                  f"{pattern_mod.shown(r.model.layer_pattern)} has none of them")
+        longest = max(len(s) for s in stages)
+        c.require(rc.num_layers <= longest, "train.recompute.num_layers",
+                  f"{rc.num_layers} layers per recompute unit, but a pipeline stage has at most "
+                  f"{longest} layers")
 
 
 def _check_eval(c: _Checker, r: Recipe) -> None:

@@ -4,13 +4,20 @@ The pattern is split with `config.pattern.split_for_pipeline` (even split, or th
 each symbol picks its layer spec from SwaxBlockSubmodules. Like megatron's MambaStack, but with
 the final norm from the spec (MambaStack hard-codes TENorm) and global layer numbers for every
 layer type.
+
+Full recomputation (config.recompute_granularity 'full'), megatron's TransformerBlock methods
+over this stage's layers of the types in `recompute_layer_types` (the others always keep their
+activations): `uniform` recomputes runs of consecutive such layers `recompute_num_layers` at a
+time (only each group's input is kept; a layer of another type ends a run), `block` recomputes
+the first `recompute_num_layers` such layers of the stage one by one. `recompute_groups` is the
+plan, a pure function of the pattern.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from megatron.core.fp8_utils import get_fp8_context
@@ -24,6 +31,33 @@ from megatron.core.utils import make_viewless_tensor
 
 from ..config.pattern import split_for_pipeline, stage_offset
 from .config import SwaxConfig
+from .layer import recompute
+
+
+def recompute_groups(symbols: str, layer_types: str, method: str,
+                     num_layers: int) -> List[Tuple[int, int, bool]]:
+    """Full recomputation of a stage with layers `symbols`: (start, end, recomputed) runs of
+    local layer indices covering the stage in order (module docstring)."""
+    groups: List[Tuple[int, int, bool]] = []
+    budget = num_layers  # block: recomputed layers left
+    i = 0
+    while i < len(symbols):
+        if symbols[i] not in layer_types:
+            groups.append((i, i + 1, False))
+            i += 1
+        elif method == "uniform":
+            end = i
+            while end < len(symbols) and end - i < num_layers and symbols[end] in layer_types:
+                end += 1
+            groups.append((i, end, True))
+            i = end
+        elif method == "block":
+            groups.append((i, i + 1, budget > 0))
+            budget -= 1
+            i += 1
+        else:
+            raise ValueError(f"unknown recompute method {method!r}; expected uniform or block")
+    return groups
 
 
 @dataclass
@@ -65,6 +99,11 @@ class SwaxBlock(MegatronModule):
         if post_process:
             self.final_norm = build_module(submodules.final_norm, config=config,
                                            hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
+        self.recompute_plan = None
+        if config.recompute_granularity == "full":
+            self.recompute_plan = recompute_groups(
+                self.layer_symbols, config.recompute_layer_types, config.recompute_method,
+                config.recompute_num_layers)
 
     def set_input_tensor(self, input_tensor: torch.Tensor) -> None:
         """The stage input received over p2p replaces forward()'s hidden_states (stages > 0)."""
@@ -78,14 +117,35 @@ class SwaxBlock(MegatronModule):
         # FP8 (recipe model.fp8): one TE fp8_autocast around the stage, as megatron's
         # TransformerBlock does for the delayed-scaling recipe; a null context otherwise.
         with get_fp8_context(self.config):
-            for layer in self.layers:
-                hidden_states = layer(hidden_states, attention_mask=attention_mask,
-                                      rotary_pos_emb=rotary_pos_emb, **extra)
+            if self.recompute_plan is not None and self.training and inference_state is None:
+                hidden_states = self._checkpointed_forward(hidden_states, attention_mask,
+                                                           rotary_pos_emb)
+            else:
+                for layer in self.layers:
+                    hidden_states = layer(hidden_states, attention_mask=attention_mask,
+                                          rotary_pos_emb=rotary_pos_emb, **extra)
         if self.post_process:
             hidden_states = self.final_norm(hidden_states)
         # The tensor handed to the next stage must not be a view (see megatron TransformerBlock).
         return make_viewless_tensor(inp=hidden_states, requires_grad=hidden_states.requires_grad,
                                     keep_graph=True)
+
+    def _checkpointed_forward(self, hidden_states, attention_mask, rotary_pos_emb):
+        def run(start: int, end: int):
+            def forward(hidden_states, attention_mask, rotary_pos_emb):
+                for layer in self.layers[start:end]:
+                    hidden_states = layer(hidden_states, attention_mask=attention_mask,
+                                          rotary_pos_emb=rotary_pos_emb)
+                return hidden_states
+            return forward
+
+        for start, end, recomputed in self.recompute_plan:
+            if recomputed:
+                hidden_states = recompute(self.config, self.tp_group, run(start, end),
+                                          hidden_states, attention_mask, rotary_pos_emb)
+            else:
+                hidden_states = run(start, end)(hidden_states, attention_mask, rotary_pos_emb)
+        return hidden_states
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
                            metadata: Optional[dict] = None):

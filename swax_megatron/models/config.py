@@ -67,6 +67,12 @@ class SwaxConfig(TransformerConfig):
     its own stream derived from it, so with use_cpu_initialization the initial weights do not
     depend on TP or PP. None: torch.initial_seed() at build time."""
 
+    # --- activation recomputation (recipe train.recompute; megatron's recompute_* fields) -----
+    recompute_layer_types: str = "SGX"
+    """recompute_granularity 'full': the layer symbols SwaxBlock recomputes whole."""
+    recompute_mlstm_cell: bool = False
+    """recompute_granularity 'selective' with module mlstm_cell: the X mixer's cell."""
+
     # --- megatron defaults changed for this model family --------------------------------------
     add_bias_linear: bool = False
     gated_linear_unit: bool = True
@@ -106,6 +112,23 @@ class SwaxConfig(TransformerConfig):
     def mlstm_head_dims(self) -> Tuple[int, int]:
         """Channels per mLSTM head: (q and k, v)."""
         return self.mlstm.head_dims(self.hidden_size)
+
+
+def recompute_kwargs(rc) -> Dict[str, Any]:
+    """train.recompute (schema.RecomputeConfig) as megatron's recompute_* fields plus the SWAX
+    ones. megatron knows the modules core_attn (its Attention reads it) and mlp (SwaxLayer
+    reads it, as megatron's TransformerLayer does); mlstm_cell is ours."""
+    if rc.granularity == "none":
+        return dict(recompute_granularity=None, recompute_method=None, recompute_num_layers=None,
+                    recompute_modules=[])
+    full = rc.granularity == "full"
+    return dict(
+        recompute_granularity=rc.granularity,
+        recompute_method=rc.method if full else None,
+        recompute_num_layers=rc.num_layers if full else None,
+        recompute_modules=[] if full else [m for m in rc.modules if m != "mlstm_cell"],
+        recompute_layer_types="".join(rc.layer_types),
+        recompute_mlstm_cell=not full and "mlstm_cell" in rc.modules)
 
 
 def _dtype_for(precision: str) -> torch.dtype:
@@ -169,6 +192,7 @@ def swax_config_kwargs(recipe, vocab_size: Optional[int] = None) -> Dict[str, An
         # gloo + PP=2 swaps batched sends (cpu_compat docstring); harmless to avoid on GPU too.
         batch_p2p_comm=not on_cpu,
         deterministic_mode=recipe.train.deterministic,
+        **recompute_kwargs(recipe.train.recompute),
     )
     if m.fp8 is not None:
         # megatron builds TE's fp8 recipe from these (fp8_utils.get_fp8_recipe), fp8_dpa included.

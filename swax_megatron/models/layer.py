@@ -5,6 +5,11 @@
 
 Every layer is numbered globally (1-based, pipeline offset included), so checkpoints and logs
 name a layer the same way at any pipeline split.
+
+Selective recomputation (config.recompute_granularity 'selective'): module `mlp` recomputes the
+MLP in backward (as megatron's TransformerLayer does), `core_attn` the attention core (megatron's
+Attention itself), `mlstm_cell` the X mixer's cell (mlstm_layer.py). `recompute` is the one
+checkpoint call of all of them and of SwaxBlock's full recomputation.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from megatron.core import tensor_parallel
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.identity_op import IdentityOp
@@ -20,6 +26,18 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.utils import make_viewless_tensor
 
 from .config import SwaxConfig
+
+
+def recompute(config, tp_group, function, *args):
+    """function(*args), its activations dropped and recomputed in backward: megatron's
+    tensor_parallel.checkpoint (RNG states saved and restored), Transformer Engine's under FP8
+    (its scaling state too), as megatron's TransformerBlock chooses."""
+    if config.fp8:
+        from megatron.core.extensions.transformer_engine import te_checkpoint
+
+        return te_checkpoint(function, False, tensor_parallel.random.get_cuda_rng_tracker,
+                             tp_group, *args)
+    return tensor_parallel.checkpoint(function, False, *args)
 
 
 @dataclass
@@ -38,6 +56,9 @@ class SwaxLayer(MegatronModule):
             pg_collection = ProcessGroupCollection.use_mpu_process_groups()
         self.layer_number = layer_number
         self.symbol = symbol
+        self.tp_group = pg_collection.tp
+        self.recompute_mlp = (config.recompute_granularity == "selective"
+                              and "mlp" in config.recompute_modules)
         eps = config.layernorm_epsilon
         self.input_layernorm = build_module(submodules.input_layernorm, config=config,
                                             hidden_size=config.hidden_size, eps=eps)
@@ -63,6 +84,11 @@ class SwaxLayer(MegatronModule):
             mixed = inference_state.mix(self, self.input_layernorm(hidden_states), rotary_pos_emb)
         hidden_states = self._residual_add(mixed, residual)
         residual = hidden_states
-        hidden_states = self._residual_add(self.mlp(self.pre_mlp_layernorm(hidden_states)), residual)
+        normed = self.pre_mlp_layernorm(hidden_states)
+        if self.recompute_mlp and self.training:
+            mlp_out = recompute(self.config, self.tp_group, self.mlp, normed)
+        else:
+            mlp_out = self.mlp(normed)
+        hidden_states = self._residual_add(mlp_out, residual)
         return make_viewless_tensor(inp=hidden_states, requires_grad=hidden_states.requires_grad,
                                     keep_graph=True)

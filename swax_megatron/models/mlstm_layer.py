@@ -35,6 +35,7 @@ from megatron.core.transformer.utils import (
 from ..ops.mlstm import mlstm_chunkwise
 from . import ulysses
 from .config import SwaxConfig
+from .layer import recompute
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -201,12 +202,25 @@ class MLSTMMixer(MegatronModule):
         i = (i + self.igate_bias).permute(1, 2, 0)
         f = (f + self.fgate_bias).permute(1, 2, 0)
         x = self.config.mlstm
+
+        def cell_h(*qkvif):  # the cell's output h from zero state
+            return mlstm_cell(*qkvif, gate_soft_cap=x.gate_soft_cap, chunk_size=x.chunk_size,
+                              eps=x.cell_epsilon, kernel=x.kernel, grad=x.grad)[0]
+
+        if self.config.recompute_mlstm_cell and self.training:
+            # Selective recomputation (module mlstm_cell): the cell's activations are dropped
+            # after forward and recomputed in backward; q, k, v and the gates are kept.
+            # The gates go in contiguous: their gradient then reaches the bias sums in the
+            # memory order it has without recomputation (bitwise equal bias gradients).
+            plain_h = cell_h
+            cell_h = lambda q, k, v, i, f: recompute(  # noqa: E731
+                self.config, self.tp_group, plain_h, q, k, v, i.contiguous(), f.contiguous())
         if self.ulysses is not None and decode_cache is None:
             if initial_state is not None or return_state:
                 raise ValueError("the mLSTM state is not available under Ulysses sequence parallelism")
-            h, state = ulysses.mlstm(lambda *a: mlstm_cell(
-                *a, gate_soft_cap=x.gate_soft_cap, chunk_size=x.chunk_size, eps=x.cell_epsilon,
-                kernel=x.kernel, grad=x.grad)[0], q, k, v, i, f, self.ulysses), None
+            h, state = ulysses.mlstm(cell_h, q, k, v, i, f, self.ulysses), None
+        elif decode_cache is None and initial_state is None and not return_state:
+            h, state = cell_h(q, k, v, i, f), None
         elif decode_cache is None:
             h, state = mlstm_cell(q, k, v, i, f, gate_soft_cap=x.gate_soft_cap,
                                   chunk_size=x.chunk_size, initial_state=initial_state,

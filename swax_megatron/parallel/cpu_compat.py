@@ -144,6 +144,13 @@ def apply() -> bool:
     DistributedOptimizer._build_model_and_main_param_groups = classmethod(
         _with_cuda_type_names(build)
     )
+    # (7) random.py:444-460 activation recomputation (tensor_parallel.checkpoint) saves and
+    #     restores the CUDA generator's state; there is none on CPU (the CPU generator and the
+    #     tracker's states, which it also saves, are the ones CPU code draws from).
+    from megatron.core.tensor_parallel import random as mp_random
+
+    mp_random._get_cuda_rng_state = lambda *a, **k: None
+    mp_random._set_cuda_rng_state = lambda *a, **k: None
     _APPLIED = True
     return True
 
