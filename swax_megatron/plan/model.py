@@ -43,8 +43,9 @@ TP; hidden-sized tensors outside them (norms, residual stream) only under sequen
 Ulysses splits the sequence outside the mixers and the heads inside, so every tensor is divided
 by the Ulysses degree. Recomputation (train.recompute):
   selective   `core_attn`: the attention core keeps only its inputs (mixed q/k/v, q, k after
-              RoPE) and recomputes output and log-sum-exp; `mlstm_cell`: the cell keeps only its
-              inputs (the q/k/v/o projection output it reads views of, and the gates)
+              RoPE) and recomputes its log-sum-exp (linear_proj still keeps its input, the
+              output); `mlstm_cell`: the cell keeps only its inputs (the q/k/v/o projection
+              output it reads views of, and the gates)
   full        a recomputed layer keeps only its input (h); groups of `num_layers` layers share
               one input (method uniform) or only the first `num_layers` eligible layers of a
               stage recompute (method block); the backward pass re-materialises one group at a
