@@ -225,7 +225,7 @@ def run_jobs(backend, tok, recipe, run_dir: Path, source, todo: List[_Job], prog
     computed them; not part of the settings hash, the numbers are the same)."""
     import torch
 
-    from .results import save_heatmap, write_json
+    from .results import keep_previous, save_heatmap, write_json
 
     if write:
         (run_dir / "eval").mkdir(exist_ok=True)
@@ -248,6 +248,7 @@ def run_jobs(backend, tok, recipe, run_dir: Path, source, todo: List[_Job], prog
                    "settings_hash": job.settings_hash, "layout": dict(backend.layout),
                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    **body}
+            keep_previous(job.path, source.step)  # an older checkpoint's results move to eval/previous/
             if job.kind == "generation":
                 save_heatmap(out["grid"], job.png,
                              title=f"{run_dir.name}: {job.task}, window {job.window}, step {source.step}")

@@ -107,6 +107,37 @@ def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
+PREVIOUS_DIR = "previous"  # RUN/eval/previous/: results of earlier checkpoints, never read by reports
+
+
+def keep_previous(path: str | os.PathLike, step: int, companions: Sequence[str] = (".png",)) -> None:
+    """Before `path` (a results file) is rewritten for checkpoint `step`: move a file there of
+    another step, and its companions (same stem, these suffixes), to eval/previous/ as
+    `<stem>.step<N><suffix>` (`<stem>.unreadable-<mtime>` when it names no step), so evaluating a
+    newer checkpoint never destroys an older one's results. Nothing happens when the file is absent
+    or already of `step`; an existing file in previous/ is left as it is (same name, same results)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = read_json(path)
+    ck = data.get("checkpoint") if isinstance(data, dict) and isinstance(data.get("checkpoint"), dict) else {}
+    old = ck.get("step")
+    if old == step:
+        return
+    tag = f"step{old}" if isinstance(old, int) else f"unreadable-{int(path.stat().st_mtime)}"
+    dest = path.parent / PREVIOUS_DIR
+    dest.mkdir(exist_ok=True)
+    for src in [path] + [path.with_suffix(sfx) for sfx in companions]:
+        target = dest / f"{src.stem}.{tag}{src.suffix}"
+        if src.is_file():
+            if target.exists():
+                src.unlink()
+            else:
+                os.replace(src, target)
+
+
 def _pyplot():
     import matplotlib
 

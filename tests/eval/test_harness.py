@@ -137,6 +137,10 @@ def test_new_checkpoint_redoes(run, tmp_path, capsys):
     assert code == 0 and "skipped" not in err, err
     assert [Path(p) for p in out2.split()] == first  # the same settings: the same files, redone
     assert {json.loads(p.read_text())["checkpoint"]["step"] for p in first} == {8}
+    # The step-4 results were moved aside, not overwritten: eval/previous/<stem>.step4.json.
+    kept = sorted((run_dir / "eval" / "previous").glob("*.json"))
+    assert [p.name for p in kept] == sorted(f"{p.stem}.step4.json" for p in first)
+    assert {json.loads(p.read_text())["checkpoint"]["step"] for p in kept} == {4}
 
 
 def _one_line(code, err, *fragments):
