@@ -31,7 +31,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from slurm_cluster import ClusterError, LocalCluster, _alive, _free_ports, _sbin, _signal
+from slurm_cluster import (ClusterError, LocalCluster, _alive, _free_ports, _sbin, _signal,
+                           missing_binaries)
 
 HOSTS = "/etc/hosts"
 MARK = "# swax-netns-cluster"  # every line this module adds to /etc/hosts ends with MARK <tag> <pid>
@@ -40,6 +41,10 @@ SUBNETS = [ipaddress.ip_network(f"10.77.{i}.0/24") for i in range(256)]
 
 def netns_skip_reason() -> str:
     """Why a namespace cluster cannot run here ('' if it can)."""
+    missing = missing_binaries()
+    if missing:
+        return (f"SLURM not installed (missing: {', '.join(missing)}): "
+                f"apt-get install -y slurm-wlm munge")
     if os.geteuid() != 0:
         return "a multi-node cluster from network namespaces needs root"
     for tool in ("ip", "unshare", "nsenter"):

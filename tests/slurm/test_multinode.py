@@ -22,7 +22,6 @@ import tempfile
 import pytest
 import torch
 
-from conftest import _skip_reason
 from netns_cluster import NetnsCluster, netns_skip_reason
 from slurm_testing import REPO, Swax, records, train_losses
 
@@ -40,7 +39,7 @@ JOB_TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def netns_cluster():
-    reason = _skip_reason() or netns_skip_reason()
+    reason = netns_skip_reason()
     if reason:
         pytest.skip(reason)
     root = tempfile.mkdtemp(prefix="swax-netns-")
