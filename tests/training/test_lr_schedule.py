@@ -133,3 +133,37 @@ def test_bad_step():
     for bad in (-1, 1.5, True):
         with pytest.raises(LRScheduleError, match="step must be a non-negative integer"):
             lr_at(bad, s)
+
+
+def test_a_checkpoint_without_scheduler_state_continues_by_the_step(tiny_corpus, tmp_path):
+    """Checkpoints written before the scheduler's state was saved (no common `lr_scheduler`)
+    still resume: with a note, at the recipe's schedule for the checkpoint's step."""
+    import json
+
+    import torch
+
+    from forkrun import TINY_RECIPE, find_run_dir, fork_run, tiny_overrides, train_records
+    from swax_megatron.config.resolve import resolve
+    from swax_megatron.training.checkpoint import MANIFEST, file_digest
+
+    argv = [TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path / "runs", every=4)]
+    killed = fork_run(argv, 2, tmp_path / "logs0", env={"SWAX_FAULT": "kill@after_save:4"},
+                      timeout=180)
+    assert killed.codes == [-9, -9], killed.log
+    run_dir = find_run_dir(tmp_path / "runs")
+    ckpt = run_dir / "checkpoints" / "iter_0000004"
+    common = torch.load(ckpt / "common.pt", weights_only=False)
+    assert common["lr_scheduler"]["num_steps"] == 5  # steps 0..3 done: step 4's LR next
+    del common["lr_scheduler"]  # as the code before the scheduler wrote it
+    torch.save(common, ckpt / "common.pt")
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest["files"]["common.pt"] = file_digest(ckpt / "common.pt")
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+
+    resumed = fork_run(argv, 2, tmp_path / "logs1", timeout=180)
+    assert resumed.codes == [0, 0], resumed.log
+    assert "holds no LR scheduler state" in resumed.logs[0] and "at step 4" in resumed.logs[0]
+    s = LRSchedule.from_recipe(resolve(argv[0], argv[1:]).recipe)
+    lrs = [(r["step"], r["lr"]) for r in train_records(run_dir) if r["kind"] == "train"]
+    assert lrs == [(i, lr_at(i - 1, s)) for i in range(1, 9)]
+    assert len(set(lr for _, lr in lrs)) == 8
