@@ -5,12 +5,16 @@
 #   sbatch --array=0-$((N-1))%K [--gpus-per-node=1] slurm/eval.sh RUN_DIR... [--tasks a,b] [eval.k=v ...]
 #   sbatch --array=0-$((N-1)) slurm/eval.sh RECIPE [key=value ...] [--tasks a,b] [eval.k=v ...]
 #   bash slurm/eval.sh RUN_DIR...|RECIPE [--tasks a,b] [eval.key=value ...]   # no SLURM: in turn
+#   ... [--layout run]    # each run at its own TP x PP (swax eval --layout run), ranks from srun
 #
 # Array task i evaluates the i-th run: of the run directories given, or of the recipe's sweep
 # entries (`swax recipe sweep RECIPE --list`; a recipe without a sweep is one run; key=value
 # other than eval.* only select the recipe's runs). Outside an array job every run is evaluated
 # in turn. Each run is one process, `swax eval RUN_DIR [--tasks] [eval.*]`, which skips results
 # already done for the run's latest checkpoint and these settings, so a resubmission resumes.
+# With --layout run, a run of TP x PP = n is evaluated by n ranks: `srun --ntasks=n` inside an
+# allocation of at least n tasks (`swax eval submit --layout run` asks for the largest n), else
+# n local worker processes started by swax eval itself.
 # `swax eval submit` passes only the runs that exist, have a checkpoint and have something left.
 #
 # Exit codes: 0 every run evaluated (or already done); 2 bad input (no runs, an array index past
@@ -43,11 +47,13 @@ PY=${SWAX_PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || die 2 "python interpreter '$PY' not found (set SWAX_PYTHON)"
 
 # --- arguments: targets (run directories or one recipe), --tasks, key=value ------------------
-targets=() eval_args=() recipe_overrides=()
+targets=() eval_args=() recipe_overrides=() layout=single
 while [ $# -gt 0 ]; do
   case "$1" in
     --tasks) [ $# -ge 2 ] || die 2 "--tasks needs a value"; eval_args+=(--tasks "$2"); shift 2 ;;
     --tasks=*) eval_args+=("$1"); shift ;;
+    --layout) [ $# -ge 2 ] || die 2 "--layout needs a value"; layout=$2; shift 2 ;;
+    --layout=*) layout=${1#--layout=}; shift ;;
     eval.*=*) eval_args+=("$1"); shift ;;
     -*) die 2 "unknown option $1" ;;
     *=*) [ -e "$1" ] && { targets+=("$1"); shift; continue; }; recipe_overrides+=("$1"); shift ;;
@@ -55,6 +61,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ ${#targets[@]} -ge 1 ] || die 2 "no run directory or recipe given"
+case "$layout" in single|run) eval_args+=(--layout "$layout") ;; *) die 2 "--layout must be single or run, got '$layout'" ;; esac
 
 runs=()
 if [ ${#targets[@]} = 1 ] && [ -f "${targets[0]}" ]; then
@@ -78,9 +85,17 @@ export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 [ -n "${SLURM_CPUS_PER_TASK:-}" ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}
 
 evaluate() {  # RUN_DIR: swax eval in the background, so that the TERM trap can act
-  local rc last
+  local rc last n=1
+  if [ "$layout" = run ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${SWAX_LOCAL:-0}" != 1 ]; then
+    n=$("$PY" -m swax_megatron.eval.layout --world "$1") || return 2  # its one line is above
+  fi
   trap '' USR1  # the child must not die of the default action
-  "$PY" -m swax_megatron.cli eval "$1" "${eval_args[@]}" &
+  if [ "$n" -gt 1 ] && [ "${SLURM_NTASKS:-1}" -ge "$n" ]; then  # srun gives the ranks
+    log "$1: $n ranks (srun) at the run's layout"
+    srun --ntasks="$n" --nodes=1 --kill-on-bad-exit=1 "$PY" -m swax_megatron.cli eval "$1" "${eval_args[@]}" &
+  else
+    "$PY" -m swax_megatron.cli eval "$1" "${eval_args[@]}" &
+  fi
   child=$!
   trap 'log "SIGUSR1 ignored: evaluation does not checkpoint (results files already written stay)"' USR1
   while :; do  # a trapped signal interrupts `wait`: wait again until the process is gone

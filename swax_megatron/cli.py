@@ -9,8 +9,8 @@
     swax generate RUN_DIR_OR_HF_DIR --prompt TEXT [--max-new-tokens N] [--window W] [--step N]
                   [--temperature T --seed S]                  (needs the hf extra)
     swax eval RUN_DIR [--tasks a,b] [--layout single|run] [eval.key=value ...]   (needs the hf extra)
-    swax eval submit RECIPE|RUN_DIR... [--tasks a,b] [--parallel K] [--dry-run] [--no-check]
-                     [--script PATH] [eval.key=value ...]    (= swax eval-submit; slurm/eval.sh)
+    swax eval submit RECIPE|RUN_DIR... [--tasks a,b] [--parallel K] [--layout single|run] [--dry-run]
+                     [--no-check] [--script PATH] [eval.key=value ...]   (= swax eval-submit; slurm/eval.sh)
     swax plan RECIPE [a.b=c ...] --gpus N [--gpu-memory 80GB] [--gpu-flops 989e12] [--mfu 0.4]
               [--gpus-per-node 8] [--top 5] [--sweep-index I] [--json]
 
@@ -224,7 +224,7 @@ def _cmd_eval_submit(args) -> int:
     targets = [a for a in args.targets if "=" not in a or os.path.exists(a)]
     overrides = [a for a in args.targets if a not in targets] + list(args.overrides)
     ep = plan_eval(targets, overrides, tasks=tasks, parallel=args.parallel,
-                   check=not args.no_check, script=args.script)
+                   check=not args.no_check, script=args.script, layout=args.layout)
     for run, why in ep.skipped:
         print(f"swax: note: {run}: {why}; skipped", file=sys.stderr)
     if ep.plan is None:
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     es.set_defaults(func=_cmd_eval_submit, overrides=[])
     es.add_argument("--tasks", metavar="A,B", help="these tasks (default: each run's eval.tasks)")
     es.add_argument("--parallel", type=int, metavar="K", help="at most K runs at once")
+    es.add_argument("--layout", choices=("single", "run"), default="single",
+                    help="as swax eval --layout; run: each array task gets the largest run's TP x PP "
+                         "tasks (and GPUs), srun gives the ranks")
     _submission_flags(es, "slurm/eval.sh")
 
     pl = _command(sub, "plan", "parameters, FLOPs, memory per GPU and tokens/day of every valid "

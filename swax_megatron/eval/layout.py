@@ -298,13 +298,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--tasks")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--world", action="store_true",
+                        help="print the run's TP x PP (its number of ranks) and exit (slurm/eval.sh)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     tasks = None if args.tasks is None else [t for t in args.tasks.split(",") if t]
     from ..cliutil import error_line
-    from .harness import bad_input_errors, _setup
 
+    if args.world:  # light: no megatron
+        from ..config.errors import RecipeError
+        from ..config.resolve import resolve
+
+        if not (Path(args.run_dir) / "resolved.yaml").is_file():
+            return error_line("swax eval", ValueError(f"{args.run_dir}: not a run directory (no resolved.yaml)"))
+        try:
+            tp, pp = run_layout(resolve(str(Path(args.run_dir) / "resolved.yaml")).recipe)
+        except RecipeError as e:
+            return error_line("swax eval", e)
+        print(tp * pp)
+        return 0
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     from ..training.distributed import detect
+    from .harness import _setup, bad_input_errors
 
     try:
         recipe, _, _ = _setup(Path(args.run_dir), tasks, args.overrides)

@@ -5,8 +5,10 @@ The runs come from run directories or from a recipe (its sweep's entries, or its
 that do not exist, have no checkpoint, or whose requested evaluations are all done for their latest
 checkpoint and these settings (eval.harness.pending_evaluations) are left out with a note. The job
 shape is one process per run: the recipe's slurm.cpus_per_task, time, partition, account and
-extra_args, one GPU where the partition has GPUs; no requeue (evaluation keeps no state between
-results files, and a rerun skips the files written).
+extra_args, one GPU where the partition has GPUs; with layout "run" (swax eval --layout run) as
+many tasks and GPUs as the largest TP x PP among the runs, which slurm/eval.sh sruns each run
+with. No requeue (evaluation keeps no state between results files, and a rerun skips the files
+written).
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class EvalPlan:
 
 def plan_eval(targets: Sequence[str], overrides: Sequence[str] = (), *,
               tasks: Optional[Sequence[str]] = None, parallel: Optional[int] = None,
-              check: bool = True, script: Optional[str] = None) -> EvalPlan:
+              check: bool = True, script: Optional[str] = None, layout: str = "single") -> EvalPlan:
+    """layout "run" (swax eval --layout run): every array task gets as many tasks (and GPUs, one
+    each) as the largest TP x PP among the runs to evaluate; slurm/eval.sh sruns each run's own."""
     from ..config.errors import RecipeError
     from ..eval.harness import EvalError, bad_input_errors, pending_evaluations
 
@@ -88,10 +92,19 @@ def plan_eval(targets: Sequence[str], overrides: Sequence[str] = (), *,
     if not todo:
         return EvalPlan(None, runs, todo, skipped)
 
+    if layout not in ("single", "run"):
+        raise LaunchError(f"--layout must be single or run, got {layout!r}")
     first = resolve(os.path.join(todo[0], "resolved.yaml"))
     check_site(first)
-    # one process per run: the recipe's CPUs per process, time and partition
-    s = dataclasses.replace(first.recipe.slurm, nodes=1, gpus_per_node=1, launcher="srun",
+    ranks = 1
+    if layout == "run":  # the run's TP x PP, one process each
+        from ..eval.layout import run_layout
+
+        for run in todo:
+            tp, pp = run_layout(resolve(os.path.join(run, "resolved.yaml")).recipe)
+            ranks = max(ranks, tp * pp)
+    # one process per rank: the recipe's CPUs per process, time and partition
+    s = dataclasses.replace(first.recipe.slurm, nodes=1, gpus_per_node=ranks, launcher="srun",
                             job_name=None, signal_seconds=0)
     notes: List[str] = []
     parts, gpus = _cluster(s, check, notes)
@@ -103,6 +116,8 @@ def plan_eval(targets: Sequence[str], overrides: Sequence[str] = (), *,
     args = list(todo)
     if tasks is not None:
         args += ["--tasks", ",".join(tasks)]
+    if layout != "single":
+        args += ["--layout", layout]
     args += list(eval_overrides)
     plan = Plan(opts, batch_script(script, "eval.sh"), args, log_dir, parts, notes,
                 array=array_spec(range(len(todo)), k))

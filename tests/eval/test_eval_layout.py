@@ -165,3 +165,89 @@ def test_tp2_layout_equals_single_process(tp2_run, tmp_path):
 def test_pp2_layout_equals_single_process(tmp_path_factory, tmp_path):
     """PP=2: stage to stage by send / recv, the last stage's results broadcast."""
     _assert_same_results(*_compare_layouts(_trained(tmp_path_factory, "pp2"), tmp_path, tp=1, pp=2))
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+def test_layout_bad_input_is_one_line(tmp_path, capsys):
+    from swax_megatron.cli import main
+
+    pytest.importorskip("transformers", reason="swax eval needs the hf extra")
+    assert main(["eval", str(tmp_path), "--layout", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"swax: error: {tmp_path}: not a run directory (no resolved.yaml)"]
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path), "--layout", "sideways"])
+    assert e.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err
+    from swax_megatron.eval.harness import EvalError, evaluate_run
+
+    with pytest.raises(EvalError, match="unknown layout 'sideways'"):
+        evaluate_run(tmp_path, layout="sideways")
+
+
+def _swax(*args, env=None, timeout=600):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "swax_megatron.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_cli_layout_run_starts_workers(tp2_run, tmp_path):
+    """`swax eval --layout run` on a TP=2 run: 2 local worker processes, one results file written by
+    rank 0 at TP=2; run again, nothing to do and no process started."""
+    import json
+    import subprocess
+
+    run_dir = _copy(tp2_run, tmp_path / "run")
+    args = ["eval", str(run_dir), "--layout", "run", "--tasks", "passkey", *SMALL]
+    p = _swax(*args)
+    assert p.returncode == 0, p.stderr
+    assert "2 processes at the run's layout TP=2 x PP=1" in p.stderr
+    path = Path(p.stdout.strip())
+    assert json.loads(path.read_text())["layout"] == {"kind": "run", "backend": "megatron", "tp": 2, "pp": 1}
+    p = _swax(*args)
+    assert p.returncode == 0 and p.stdout.strip() == str(path) and "skipped" in p.stderr
+    assert "processes" not in p.stderr
+    w = subprocess.run([sys.executable, "-m", "swax_megatron.eval.layout", "--world", str(run_dir)],
+                       capture_output=True, text=True, timeout=120)
+    assert w.returncode == 0 and w.stdout.strip() == "2"
+
+
+@pytest.mark.slow
+def test_slurm_eval_sh_sruns_the_ranks(tp2_run, tmp_path):
+    """`swax eval submit --layout run` on a real one-node SLURM (tests/slurm/slurm_cluster.py): the
+    array task asks for 2 tasks and slurm/eval.sh sruns the 2 ranks of the TP=2 run."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, str(TESTS / "slurm"))
+    from slurm_cluster import LocalCluster, missing_binaries
+
+    if missing_binaries() or os.geteuid() != 0:
+        pytest.skip("needs SLURM (slurm-wlm, munge) and root")
+    run_dir = _copy(tp2_run, tmp_path / "run")
+    root = tempfile.mkdtemp(prefix="swax-slurm-eval-layout-")
+    os.chmod(root, 0o755)  # munged wants every folder above its socket searchable by all
+    cluster = LocalCluster(root, cpus=8, gpus=0, partitions=(("cpu", "INFINITE"),))
+    cluster.up()
+    try:
+        env = dict(cluster.env, SWAX_PYTHON=sys.executable,
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        env.pop("SWAX_LOCAL", None)
+        p = _swax("eval", "submit", str(run_dir), "--layout", "run", "--tasks", "passkey", *SMALL, env=env)
+        assert p.returncode == 0, p.stderr
+        job = p.stdout.strip().splitlines()[-1]
+        states = cluster.wait(job, 600)
+        out = Path(states[0]["StdOut"]).read_text() if Path(states[0]["StdOut"]).is_file() else ""
+        assert [s["JobState"] for s in states] == ["COMPLETED"], out or cluster.logs()
+        assert states[0]["NumTasks"] == "2"
+        assert "2 ranks (srun) at the run's layout" in out and f"evaluated {run_dir}" in out, out
+        (path,) = (run_dir / "eval").glob("passkey-*.json")
+        assert json.loads(path.read_text())["layout"]["tp"] == 2
+    finally:
+        cluster.down()
+        shutil.rmtree(root, ignore_errors=True)
