@@ -191,7 +191,8 @@ def evaluate(recipe, shape: Shape, tp: int, pp: int, ulysses: int, cluster: Clus
         params = stage_parameters(shape, tp, pp, k)["total"]
         acts = stage_activations(shape, stages[k], last=k == pp - 1, act_bytes=w,
                                  micro_batch=t.micro_batch_size, tp=tp, sp=sp, ulysses=ulysses,
-                                 kernels=kernels, recompute=base.with_granularity(granularity))
+                                 kernels=kernels, recompute=base.with_granularity(granularity),
+                                 window=max(window_mix(t.window_schedule)))
         in_flight = min(pp - k, m)
         return {"weights": params * w, "gradients": params * 4.0,
                 "optimizer": params * opt_per_param / (replicas if distributed else 1),

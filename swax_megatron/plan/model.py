@@ -51,13 +51,17 @@ by the Ulysses degree. Recomputation (train.recompute):
               stage recompute (method block); the backward pass re-materialises one group at a
               time, which the peak includes.
 Peak = stored activations + the largest transient: the gradient of the logits (V / TP, fp32)
-at the start of the backward pass, or one recomputed group's full activations.
+at the start of the backward pass, or, once the output layer's tensors are freed, a layer's
+backward workspace (its MLP's gradients, 2 f + 2 h; the chunked CPU attention's recomputed
+probability tile) plus, under full recomputation, its run's re-materialised activations.
+Measured on CPU (fp32, tests/plan/test_plan_memory.py): within 5% for every layer type and
+recompute setting, and per rank at TP=2 with and without sequence parallelism.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.pattern import expand, split_for_pipeline
 
@@ -272,6 +276,31 @@ class Recompute:
         return Recompute(granularity, self.modules, self.layer_types, self.method, self.num_layers)
 
 
+def recompute_runs(symbols: str, recompute: "Recompute") -> List[Tuple[int, int, bool]]:
+    """(start, end, recomputed) runs of a stage's layers under full recomputation: the rule of
+    models.block.recompute_groups (a test checks they agree; that module imports megatron).
+    uniform: consecutive layers of `layer_types`, up to `num_layers` to a run, one saved input
+    each; block: the first `num_layers` such layers of the stage, one to a run."""
+    runs: List[Tuple[int, int, bool]] = []
+    budget, i = recompute.num_layers, 0
+    while i < len(symbols):
+        if symbols[i] not in recompute.layer_types:
+            runs.append((i, i + 1, False))
+            i += 1
+        elif recompute.method == "uniform":
+            end = i
+            while (end < len(symbols) and end - i < recompute.num_layers
+                   and symbols[end] in recompute.layer_types):
+                end += 1
+            runs.append((i, end, True))
+            i = end
+        else:
+            runs.append((i, i + 1, budget > 0))
+            budget -= 1
+            i += 1
+    return runs
+
+
 @dataclass(frozen=True)
 class StageActivations:
     stored_per_token: float  # bytes per token of one microbatch kept until its backward
@@ -279,34 +308,55 @@ class StageActivations:
     by_type: Dict[str, float]  # stored bytes per token by layer type (and "output")
 
 
+def backward_workspace(s: Shape, symbol: str, *, act_bytes: int, tp: int = 1, sp: bool = False,
+                       ulysses: int = 1, kernels: Kernels = Kernels(),
+                       window: Optional[int] = None) -> float:
+    """Gradients a layer's backward pass holds at once, per token: the MLP's (fc1's output, 2 f,
+    the block's input and residual, 2 h); the chunked CPU attention also recomputes one tile of
+    probabilities per query ((window + block) keys per head, fp32)."""
+    out = (_split(2 * s.ffn, 0, tp, sp) + _split(0, 2 * s.hidden, tp, sp)) * act_bytes
+    if symbol == "S" and kernels.attention == "chunked" and window is not None:
+        block = 64  # ops/swa/chunk.py DEFAULT_BLOCK
+        tile = (-(-(window - 1) // block) + 1) * block
+        out += s.heads / tp * tile * FP32
+    return out / ulysses
+
+
 def stage_activations(s: Shape, symbols: str, *, last: bool, act_bytes: int, micro_batch: int,
                       tp: int = 1, sp: bool = False, ulysses: int = 1,
-                      kernels: Kernels = Kernels(),
-                      recompute: Recompute = Recompute()) -> StageActivations:
-    """Activations of one pipeline stage (its layer `symbols`) for one microbatch, per token."""
+                      kernels: Kernels = Kernels(), recompute: "Recompute" = None,
+                      window: Optional[int] = None) -> StageActivations:
+    """Activations of one pipeline stage (its layer `symbols`) for one microbatch, per token.
+
+    The peak of the backward pass is the larger of: everything stored plus the logits' gradient
+    (its start, last stage), and, while a layer (or a recomputed run of layers) is being
+    differentiated, what the stage keeps besides the output layer's tensors (freed by then) plus
+    that layer's or run's full activations (recomputed) and its backward workspace."""
+    recompute = recompute or Recompute()
     kw = dict(act_bytes=act_bytes, micro_batch=micro_batch, tp=tp, sp=sp, ulysses=ulysses,
               kernels=kernels)
     selective = recompute.modules if recompute.granularity == "selective" else ()
     full = [layer_activation_bytes(s, sym, **kw) for sym in symbols]
     kept = [layer_activation_bytes(s, sym, selective=selective, **kw) for sym in symbols]
-    by_type: Dict[str, float] = {}
-    transient = logits_grad_bytes(s, tp=tp, ulysses=ulysses) if last else 0.0
+    work = [backward_workspace(s, sym, act_bytes=act_bytes, tp=tp, sp=sp, ulysses=ulysses,
+                               kernels=kernels, window=window) for sym in symbols]
+    during = [work[i] for i in range(len(symbols))]  # extra while layer i's backward runs
     if recompute.granularity == "full":
         layer_input = _split(0, s.hidden, tp, sp) * act_bytes / ulysses
-        eligible = [i for i, sym in enumerate(symbols) if sym in recompute.layer_types]
-        n = recompute.num_layers
-        if recompute.method == "block":
-            groups: List[List[int]] = [[i] for i in eligible[:n]]
-        else:  # uniform: consecutive eligible layers, n to a group, one saved input per group
-            groups = [eligible[j:j + n] for j in range(0, len(eligible), n)]
-        for group in groups:
-            transient = max(transient, sum(full[i] for i in group))
-            for i in group:
+        for start, end, recomputed in recompute_runs(symbols, recompute):
+            if not recomputed:
+                continue
+            rematerialised = sum(full[start:end])
+            for i in range(start, end):
                 kept[i] = 0.0
-            kept[group[0]] = layer_input
+                during[i] = rematerialised + work[i]
+            kept[start] = layer_input
+    by_type: Dict[str, float] = {}
     for sym, b in zip(symbols, kept):
         by_type[sym] = by_type.get(sym, 0.0) + b
+    output = output_activation_bytes(s, act_bytes=act_bytes, tp=tp, sp=sp, ulysses=ulysses) if last else 0.0
     if last:
-        by_type["output"] = output_activation_bytes(s, act_bytes=act_bytes, tp=tp, sp=sp,
-                                                    ulysses=ulysses)
-    return StageActivations(sum(by_type.values()), transient, by_type)
+        by_type["output"] = output
+    transient = max([logits_grad_bytes(s, tp=tp, ulysses=ulysses) if last else 0.0]
+                    + [d - output for d in during])
+    return StageActivations(sum(by_type.values()), max(transient, 0.0), by_type)

@@ -10,7 +10,9 @@ import pytest
 
 from dist import run_distributed
 from swax_megatron.config.resolve import resolve
-from swax_megatron.plan.model import Kernels, Recompute, Shape, stage_activations
+from swax_megatron.plan.model import (Kernels, Recompute, Shape, backward_workspace,
+                                      layer_activation_bytes, recompute_runs,
+                                      stage_activations)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "recipes", "tiny", "base.yaml")
@@ -65,7 +67,7 @@ def _measure(rank, recipe):
 def predicted(recipe) -> float:
     shape = Shape.from_recipe(recipe)
     acts = stage_activations(shape, shape.symbols, last=True, act_bytes=4, micro_batch=MBS,
-                             kernels=Kernels.cpu(),
+                             kernels=Kernels.cpu(), window=recipe.model.swa.window,
                              recompute=Recompute.from_config(recipe.train.recompute))
     return (acts.stored_per_token + acts.transient_per_token) * MBS * SEQ
 
@@ -111,17 +113,28 @@ def test_recompute_activation_memory_within_15_percent_of_measured(pattern, gran
 
 def test_recompute_predictions_shrink_the_stored_activations():
     # What the planner assumes, measured or not: selective keeps less than none, full keeps
-    # one layer input per layer (the rest comes back as one layer's transient).
+    # one layer input per layer and re-materialises one layer at a time in the backward pass.
     r = tiny_recipe("XS*2")
     shape = Shape.from_recipe(r)
-    stored = {g: stage_activations(shape, shape.symbols, last=False, act_bytes=4, micro_batch=MBS,
-                                   kernels=Kernels.cpu(), recompute=Recompute(granularity=g))
+    kw = dict(act_bytes=4, micro_batch=MBS, kernels=Kernels.cpu())
+    stored = {g: stage_activations(shape, shape.symbols, last=False, window=64,
+                                   recompute=Recompute(granularity=g), **kw)
               for g in ("none", "selective", "full")}
     assert stored["none"].stored_per_token > stored["selective"].stored_per_token \
         > stored["full"].stored_per_token == 4 * shape.hidden * 4
     assert stored["full"].transient_per_token == max(
-        stage_activations(shape, s, last=False, act_bytes=4, micro_batch=MBS,
-                          kernels=Kernels.cpu()).stored_per_token for s in "XS")
+        layer_activation_bytes(shape, s, **kw)
+        + backward_workspace(shape, s, act_bytes=4, kernels=Kernels.cpu(), window=64) for s in "XS")
+
+
+@pytest.mark.parametrize("symbols,types,method,n", [
+    ("XSXS", "SGX", "uniform", 1), ("XSXS", "SGX", "uniform", 3), ("XSXSG", "X", "uniform", 2),
+    ("XXSXX", "X", "uniform", 2), ("XSXS", "SGX", "block", 3), ("XSGXS", "S", "block", 1)])
+def test_recompute_runs_are_the_models(symbols, types, method, n):
+    from swax_megatron.models.block import recompute_groups
+
+    rc = Recompute(granularity="full", layer_types=tuple(types), method=method, num_layers=n)
+    assert recompute_runs(symbols, rc) == recompute_groups(symbols, types, method, n)
 
 
 @pytest.mark.parametrize("pattern,sp", [("X*4", True), ("S*4", False), ("G*4", True),
@@ -134,7 +147,7 @@ def test_tensor_parallel_activation_memory_per_rank(pattern, sp):
     measured = max(run_distributed(_measure, 2, r, tp=2))
     shape = Shape.from_recipe(r)
     acts = stage_activations(shape, shape.symbols, last=True, act_bytes=4, micro_batch=MBS, tp=2,
-                             sp=sp, kernels=Kernels.cpu())
+                             sp=sp, kernels=Kernels.cpu(), window=r.model.swa.window)
     guess = (acts.stored_per_token + acts.transient_per_token) * MBS * SEQ
     assert abs(guess - measured) / measured < TOLERANCE
     assert guess < predicted(tiny_recipe(pattern))  # less than one rank holding it all
