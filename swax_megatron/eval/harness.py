@@ -389,7 +389,8 @@ def _run_probes(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool)
         records += task.score_probes(s, argmax[1:])  # position t of s.ids is t + 1 here
         if progress and (i + 1 == len(samples) or (i + 1) % 8 == 0):
             _say(progress, f"  {job.task}: {i + 1}/{len(samples)} samples")
-    buckets = distance_buckets(records)
+    edges = getattr(task, "distance_edges", None)  # a task may bucket by its own edges
+    buckets = distance_buckets(records, edges(job.settings["lengths"]) if edges else None)
     score = 100.0 * sum(r["score"] for r in records) / len(records) if records else None
     return {"score": score, "buckets": buckets,
             "token_accuracy": (100.0 * sum(r["token_accuracy"] for r in records) / len(records)

@@ -46,6 +46,7 @@ def test_smoke_pipeline(tmp_path):
         # lengths 1x and 2x the training length, 8 queries per document, 2 documents each
         assert sorted(mqar["buckets"]["by_length"]) == ["256", "512"]
         assert sum(mqar["buckets"]["counts"]) == 2 * 2 * 8
+        assert mqar["buckets"]["edges"] == [0, 16, 32, 64, 128, 256, 512]  # the task's edges
         assert 0.0 <= mqar["score"] <= 100.0
 
     report = (out / "report" / "report.md").read_text()
