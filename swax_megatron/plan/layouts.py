@@ -103,8 +103,11 @@ def recompute_flops_per_token(shape: Shape, seq: int, mix: Dict[int, float],
             if recompute.granularity == "full":
                 if sym in recompute.layer_types:
                     total += weight * (per_layer[sym] + flops_mod.mlp_flops(d))
-            elif ("mlstm_cell" if sym == "X" else "core_attn") in recompute.modules:
-                total += weight * core[sym]
+            else:
+                if ("mlstm_cell" if sym == "X" else "core_attn") in recompute.modules:
+                    total += weight * core[sym]
+                if "mlp" in recompute.modules:
+                    total += weight * flops_mod.mlp_flops(d)
     return total
 
 

@@ -45,7 +45,8 @@ by the Ulysses degree. Recomputation (train.recompute):
   selective   `core_attn`: the attention core keeps only its inputs (mixed q/k/v, q, k after
               RoPE) and recomputes its log-sum-exp (linear_proj still keeps its input, the
               output); `mlstm_cell`: the cell keeps only its inputs (the q/k/v/o projection
-              output it reads views of, and the gates)
+              output it reads views of, and the gates); `mlp`: the MLP keeps only its input;
+              what they drop comes back, one layer at a time, in the backward pass
   full        a recomputed layer keeps only its input (h); groups of `num_layers` layers share
               one input (method uniform) or only the first `num_layers` eligible layers of a
               stage recompute (method block); the backward pass re-materialises one group at a
@@ -196,8 +197,9 @@ def _norm_block(s: Shape, a: int, tp: int, sp: bool) -> float:
     return _split(0, 3 * s.hidden, tp, sp) * a + _split(0, 1, tp, sp) * FP32
 
 
-def _mlp(s: Shape, a: int, tp: int, sp: bool) -> float:
-    return _norm_block(s, a, tp, sp) + _split(5 * s.ffn, 0, tp, sp) * a
+def _mlp(s: Shape, a: int, tp: int, sp: bool, selective: bool = False) -> float:
+    """selective (`mlp`): the MLP keeps only its input, the pre-MLP norm's output."""
+    return _norm_block(s, a, tp, sp) + (0 if selective else _split(5 * s.ffn, 0, tp, sp) * a)
 
 
 def _attention(s: Shape, a: int, tp: int, sp: bool, kernel: str, micro_batch: int,
@@ -238,14 +240,14 @@ def layer_activation_bytes(s: Shape, symbol: str, *, act_bytes: int, micro_batch
                            tp: int = 1, sp: bool = False, ulysses: int = 1,
                            kernels: Kernels = Kernels(), selective: Sequence[str] = ()) -> float:
     """Bytes per token (of the full sequence) one rank keeps for one layer's backward, no full
-    recomputation; `selective`: the recompute modules (core_attn, mlstm_cell)."""
+    recomputation; `selective`: the recompute modules (core_attn, mlstm_cell, mlp)."""
     a = act_bytes
     if symbol == "X":
         mixer = _mlstm(s, a, tp, sp, kernels.mlstm, "mlstm_cell" in selective)
     else:
         kernel = kernels.attention if symbol == "S" else (kernels.global_attention or kernels.attention)
         mixer = _attention(s, a, tp, sp, kernel, micro_batch, "core_attn" in selective)
-    return (mixer + _mlp(s, a, tp, sp)) / ulysses
+    return (mixer + _mlp(s, a, tp, sp, "mlp" in selective)) / ulysses
 
 
 def output_activation_bytes(s: Shape, *, act_bytes: int, tp: int = 1, sp: bool = False,
@@ -340,7 +342,9 @@ def stage_activations(s: Shape, symbols: str, *, last: bool, act_bytes: int, mic
     kept = [layer_activation_bytes(s, sym, selective=selective, **kw) for sym in symbols]
     work = [backward_workspace(s, sym, act_bytes=act_bytes, tp=tp, sp=sp, ulysses=ulysses,
                                kernels=kernels, window=window) for sym in symbols]
-    during = [work[i] for i in range(len(symbols))]  # extra while layer i's backward runs
+    # extra while layer i's backward runs: its workspace and what selective recomputation
+    # brings back of it
+    during = [work[i] + full[i] - kept[i] for i in range(len(symbols))]
     if recompute.granularity == "full":
         layer_input = _split(0, s.hidden, tp, sp) * act_bytes / ulysses
         for start, end, recomputed in recompute_runs(symbols, recompute):

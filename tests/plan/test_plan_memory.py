@@ -97,10 +97,11 @@ def _recompute_wired(recipe) -> bool:
     return swax_config_from_recipe(recipe).recompute_granularity is not None
 
 
-@pytest.mark.parametrize("granularity", ["selective", "full"])
+@pytest.mark.parametrize("granularity", ["selective", "selective+mlp", "full"])
 @pytest.mark.parametrize("pattern", ["X*4", "S*4", "G*4", "XS*2"])
 def test_recompute_activation_memory_within_15_percent_of_measured(pattern, granularity):
-    r = tiny_recipe(pattern, f"train.recompute.granularity={granularity}")
+    extra = ["train.recompute.modules=[core_attn, mlstm_cell, mlp]"] if "mlp" in granularity else []
+    r = tiny_recipe(pattern, f"train.recompute.granularity={granularity.split('+')[0]}", *extra)
     if not _recompute_wired(r):
         pytest.skip("train.recompute does not reach the model yet (SwaxConfig.recompute_granularity "
                     "is None): the recompute predictions are not measured")
