@@ -192,6 +192,81 @@ def recall_tables(runs: Sequence[Run]) -> List[Tuple[str, Table]]:
     return out
 
 
+_SEED_NAME = re.compile(r"(__)?seed=\d+")
+
+
+def _seed_groups(runs: Sequence[Run]) -> List[Tuple[str, List[Run]]]:
+    """Runs that differ only in run.seed (same model, train, optim and data sections), in order
+    of first appearance, labelled by the first run's label without its seed."""
+    import dataclasses
+    import json
+
+    groups: Dict[str, List[Run]] = {}
+    for r in runs:
+        if r.recipe_obj is None:
+            continue
+        d = dataclasses.asdict(r.recipe_obj)
+        key = json.dumps({k: d[k] for k in ("model", "train", "optim", "data")}, sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append(r)
+    return [(_SEED_NAME.sub("", g[0].label) or g[0].label, g) for g in groups.values()]
+
+
+def mean_spread(xs: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float], int]:
+    """(mean, sample standard deviation or None below two values, count) of the values given."""
+    v = [float(x) for x in xs if x is not None]
+    if not v:
+        return None, None, 0
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None
+    return m, sd, len(v)
+
+
+def _fmt_ms(xs: Sequence[Optional[float]], fmt) -> str:
+    m, sd, _ = mean_spread(xs)
+    if m is None:
+        return DASH
+    return fmt(m) if sd is None else f"{fmt(m)} ± {fmt(sd)}"
+
+
+def seed_tables(runs: Sequence[Run]) -> List[Tuple[str, Table]]:
+    """Mean ± standard deviation over seeds (runs that differ only in run.seed): the final
+    validation loss, and per probe task, eval window and bucket edges the recall by distance.
+    Empty when no two runs share a configuration."""
+    groups = _seed_groups(runs)
+    if not any(len(g) > 1 for _, g in groups):
+        return []
+    out = [("final validation loss", Table(
+        ["runs", "seeds", "final val loss"],
+        [[label, str(len(g)), _fmt_ms([r.final_val()[0] for r in g], fmt_loss)]
+         for label, g in groups], [False, True, True]))]
+    keys = []
+    for _, g in groups:
+        for r in g:
+            for x in r.results_of("probes"):
+                edges = tuple(int(e) for e in (x.buckets or {}).get("edges") or ())
+                if len(edges) >= 2 and (x.task, x.window, edges) not in keys:
+                    keys.append((x.task, x.window, edges))
+    for task, window, edges in keys:
+        rows = []
+        for label, g in groups:
+            found = [x for r in g for x in r.results_of("probes", window)
+                     if x.task == task and tuple(int(e) for e in (x.buckets or {}).get("edges") or ()) == edges]
+            if not found:
+                continue
+            accs = [list((x.buckets or {}).get("accuracy") or []) for x in found]
+            cells = [_fmt_ms([_num(a[i]) if i < len(a) else None for a in accs], fmt_pct)
+                     for i in range(len(edges) - 1)]
+            rows.append([label, str(len(found))] + cells
+                        + [_fmt_ms([x.value for x in found], fmt_pct)])
+        cols = [_bucket_label(a, b, i == len(edges) - 2)
+                for i, (a, b) in enumerate(zip(edges, edges[1:]))]
+        header = ["runs", "seeds"] + cols + ["avg"]
+        out.append((f"`{task}` at eval window {window}",
+                    Table(header, rows, [False] + [True] * (len(header) - 1))))
+    return out
+
+
 def short_context_table(runs: Sequence[Run]) -> Optional[Table]:
     tasks = sorted({x.task for r in runs for x in r.results_of("lm_eval")})
     if not tasks:
@@ -349,6 +424,14 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
                      "train window x eval window grid (recall probes)")
         if g:
             blocks.append(Figures([g]))
+
+    spread = seed_tables(present)
+    if spread:
+        blocks.append(Heading(3, "Mean and spread over seeds"))
+        blocks.append(Para("Runs that differ only in their seed, pooled: mean ± standard "
+                           "deviation over the seeds (loss in nats per token, recall in %)."))
+        for what, table in spread:
+            blocks += [Para(what), table]
 
     t = short_context_table(present)
     if t is not None:
