@@ -1,7 +1,7 @@
 """Ulysses sequence parallelism on CPU (issue 15): tokens/s and peak memory per rank against the
 sequence length at degrees 1 and 2, and the longest trainable sequence under a fixed memory budget.
 
-    python bench/ulysses_cpu.py                               # seqs 2048..16384, budget 96 MiB
+    python bench/ulysses_cpu.py                               # seqs 2048..16384, budget 400 MiB
     python bench/ulysses_cpu.py --quick                       # smoke run
     python bench/ulysses_cpu.py --write-results
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seqs", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--budget-mib", type=float, default=96.0, help="per-rank memory budget for the longest sequence")
+    p.add_argument("--budget-mib", type=float, default=400.0, help="per-rank memory budget for the longest sequence")
     p.add_argument("--quick", action="store_true", help="smoke run: seqs 256 512, 1 repeat, budget 8 MiB")
     p.add_argument("--write-results", action="store_true", help="replace this bench's section of bench/RESULTS.md")
     args = p.parse_args(argv)
