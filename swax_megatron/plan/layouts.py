@@ -1,14 +1,12 @@
 """Every valid TP x PP x Ulysses x DP layout of a recipe on N GPUs: memory per GPU by component,
 pipeline bubble, and tokens/day at an assumed MFU; the best few first.
 
-Rules a layout must meet (world = tp x pp x ulysses x dp):
-  - attention heads, kv heads (query groups) and mLSTM heads divisible by tp x ulysses (both
-    mixers switch to head sharding over the Ulysses group; TP splits heads too);
-  - the sequence divisible by ulysses (and by tp: sequence parallelism is on whenever tp > 1, as
-    it only saves memory);
-  - the layer pattern split into pp stages (evenly, or by its '|' markers);
-  - the global batch a multiple of micro batch x dp;
-  - tp within one node (tensor parallelism all-reduces every layer: NVLink, not the network).
+Rules a layout must meet (world = tp x pp x ulysses x dp): the recipe at that layout passes
+config/validate.py (attention and mLSTM heads divisible by tp x ulysses, kv groups by tp, the
+sequence by tp x ulysses and 2 x ulysses, the layer pattern split into pp stages, the global
+batch a multiple of micro batch x dp, no Transformer Engine attention or FP8 under Ulysses),
+with sequence parallelism on whenever tp > 1 (it only saves memory); and tp stays within one
+node (tensor parallelism all-reduces every layer: NVLink, not the network).
 
 Memory per GPU, for the pipeline stage that needs the most (mixed precision as the engine sets
 up megatron's DDP and optimizer, training/engine.py: gradients reduced in fp32):
@@ -31,10 +29,13 @@ with the least model parallelism (tp x pp x ulysses) ranks first.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from ..config.pattern import PatternError, split_for_pipeline
+from ..config.errors import RecipeError
+from ..config.pattern import split_for_pipeline
+from ..config.validate import validate
 from ..training import flops as flops_mod
 from .model import Kernels, Recompute, Shape, stage_activations, stage_parameters
 
@@ -141,32 +142,33 @@ def _divisors(n: int) -> List[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
+def candidate(recipe, tp: int, pp: int, ulysses: int, cluster: Cluster):
+    """The recipe at this layout on this cluster: sequence parallelism where tp > 1, the
+    distributed optimizer, the cluster's nodes."""
+    r = copy.deepcopy(recipe)
+    p = r.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.ulysses_size = tp, pp, ulysses
+    p.sequence_parallel = tp > 1
+    p.use_distributed_optimizer = True
+    per_node = cluster.gpus_per_node if cluster.gpus % cluster.gpus_per_node == 0 else 1
+    r.slurm.nodes, r.slurm.gpus_per_node = cluster.gpus // per_node, per_node
+    return r
+
+
 def layout_problem(recipe, shape: Shape, tp: int, pp: int, ulysses: int, cluster: Cluster) -> Optional[str]:
-    """Why (tp, pp, ulysses) is not a valid layout for this recipe on this cluster; None if it is."""
-    t = recipe.train
+    """Why (tp, pp, ulysses) is not a valid layout for this recipe on this cluster; None if it is.
+    The recipe rules are config/validate.py's (heads by tp x ulysses for both mixers, kv groups
+    by tp, the sequence, the pipeline stages, the batch): the recipe at this layout must pass
+    them; the planner adds that tensor parallelism stays within a node."""
     world = cluster.gpus
     if world % (tp * pp * ulysses):
         return f"{world} GPUs are not divisible by tp x pp x ulysses = {tp * pp * ulysses}"
-    dp = world // (tp * pp * ulysses)
-    heads_split = tp * ulysses
-    symbols = shape.symbols
-    if any(s in symbols for s in "SG"):
-        for what, n in (("attention heads", shape.heads), ("kv heads", shape.groups)):
-            if n % heads_split:
-                return f"{n} {what} are not divisible by tp x ulysses = {heads_split}"
-    if "X" in symbols and shape.mlstm_heads % heads_split:
-        return f"{shape.mlstm_heads} mLSTM heads are not divisible by tp x ulysses = {heads_split}"
-    if t.seq_length % (ulysses * tp):
-        return f"sequence {t.seq_length} is not divisible by ulysses x tp = {ulysses * tp}"
     if tp > cluster.gpus_per_node:
         return f"tp {tp} spans more than one node of {cluster.gpus_per_node} GPUs"
     try:
-        split_for_pipeline(shape.pattern, pp)
-    except PatternError as e:
-        return str(e)
-    if t.global_batch_size % (t.micro_batch_size * dp):
-        return (f"global batch {t.global_batch_size} is not divisible by micro batch x dp = "
-                f"{t.micro_batch_size} x {dp}")
+        validate(candidate(recipe, tp, pp, ulysses, cluster))
+    except RecipeError as e:
+        return f"{e.path}: {e.problem}" if e.path else e.problem
     return None
 
 

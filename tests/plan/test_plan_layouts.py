@@ -32,7 +32,7 @@ def test_every_layout_follows_the_rules(r7):
     for L in layouts:
         assert L.tp * L.pp * L.ulysses * L.dp == 128
         split = L.tp * L.ulysses
-        assert shape.heads % split == shape.groups % split == shape.mlstm_heads % split == 0
+        assert shape.heads % split == shape.groups % L.tp == shape.mlstm_heads % split == 0
         assert L.tp <= 8 and 32 % L.pp == 0
         assert r7.train.global_batch_size == L.microbatches * L.dp * r7.train.micro_batch_size
     # every (tp, pp, ulysses) the rules allow is there, and nothing else
@@ -44,13 +44,15 @@ def test_every_layout_follows_the_rules(r7):
                     assert ((tp, pp, u) in seen) == ok
     assert (4, 1, 1) in seen and (16, 1, 1) not in seen  # 16 > 8 GPUs per node
     # 8 mLSTM heads: tp x ulysses = 16 splits them too finely
-    assert layout_problem(r7, shape, 8, 1, 2, Cluster(gpus=128, **H100)).startswith("8 mLSTM heads")
+    assert "8 mLSTM heads are not divisible by tensor x ulysses = 8 x 2" in \
+        layout_problem(r7, shape, 8, 1, 2, Cluster(gpus=128, **H100))
 
 
 def test_the_rules_quote_what_breaks(r7):
     shape = Shape.from_recipe(r7)
     c = Cluster(gpus=96, **H100)
-    assert "global batch 128 is not divisible" in layout_problem(r7, shape, 1, 1, 1, c)
+    assert "train.global_batch_size: 128 is not divisible by micro_batch_size x data parallel = 1 x 96" \
+        in layout_problem(r7, shape, 1, 1, 1, c)
     assert "not divisible by tp x pp x ulysses" in layout_problem(r7, shape, 1, 1, 64, c)
     assert "do not split evenly into 3 pipeline stages" in layout_problem(r7, shape, 1, 3, 1, c)
 
@@ -161,7 +163,8 @@ def test_cli_table_and_json(capsys):
     (["--gpus", "32", "--mfu", "1.5"], "--mfu must be in (0, 1]"),
     (["--gpus", "32", "--gpu-flops", "-1"], "--gpu-flops must be a finite number > 0"),
     (["--gpus", "32", "optim.lrr=1"], "optim.lrr"),
-    (["--gpus", "5"], "no valid layout of paper-1p4b on 5 GPUs: global batch 128 is not divisible"),
+    (["--gpus", "5"], "no valid layout of paper-1p4b on 5 GPUs: train.global_batch_size: 128 is "
+                      "not divisible by micro_batch_size x data parallel = 1 x 5"),
     (["--gpus", "32", "--sweep-index", "0"], "no sweep block"),
 ])
 def test_cli_bad_input_is_one_line(capsys, argv, message):

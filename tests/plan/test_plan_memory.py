@@ -152,3 +152,45 @@ def test_tensor_parallel_activation_memory_per_rank(pattern, sp):
     guess = (acts.stored_per_token + acts.transient_per_token) * MBS * SEQ
     assert abs(guess - measured) / measured < TOLERANCE
     assert guess < predicted(tiny_recipe(pattern))  # less than one rank holding it all
+
+
+def _measure_ulysses(rank, recipe, u):
+    """_measure at Ulysses degree u (megatron's context-parallel groups, DeepSpeed's all-to-all):
+    each rank holds its share of the sequence."""
+    import torch
+    from megatron.core import parallel_state as ps
+
+    from swax_megatron.models import ulysses
+    from swax_megatron.models.model import swax_model_from_recipe
+    from swax_megatron.parallel import cpu_compat
+
+    cpu_compat.apply()
+    ps.initialize_model_parallel(tensor_model_parallel_size=1, context_parallel_size=u)
+    cpu_compat.model_parallel_seed(1234)
+    ulysses.init_deepspeed_comm()
+    torch.manual_seed(0)
+    model = swax_model_from_recipe(recipe, backend="local")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    ids = torch.randint(0, recipe.model.vocab_size, (MBS, SEQ))
+    x = ulysses.shard_sequence(ids, u, ps.get_context_parallel_rank())
+
+    def step():
+        model(x, labels=x).sum().backward()
+
+    step()
+    return peak_allocated(step)
+
+
+@pytest.mark.parametrize("pattern", ["XS*2", "G*4"])
+def test_ulysses_activation_memory_per_rank(pattern):
+    # Ulysses 2: every tensor holds half the sequence, or, inside the mixers, half the heads
+    # (measured within 5% per rank).
+    pytest.importorskip("deepspeed")
+    r = tiny_recipe(pattern, "parallel.ulysses_size=2", "slurm.gpus_per_node=2")
+    measured = max(run_distributed(_measure_ulysses, 2, r, 2))
+    shape = Shape.from_recipe(r)
+    acts = stage_activations(shape, shape.symbols, last=True, act_bytes=4, micro_batch=MBS,
+                             ulysses=2, kernels=Kernels.cpu(), window=r.model.swa.window)
+    guess = (acts.stored_per_token + acts.transient_per_token) * MBS * SEQ
+    assert abs(guess - measured) / measured < TOLERANCE
