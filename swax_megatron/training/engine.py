@@ -16,9 +16,9 @@ schedule, so a step's gradients are complete (and nothing is in flight) before t
 reads them. With the distributed optimizer, an update writes only this rank's shard of the
 weights; the other shards arrive in the next forward (DDP's forward pre-hooks gather bucket by
 bucket). Whatever reads the weights outside a forward (a checkpoint save) first takes
-`gathered_params`, as Megatron-LM's training loop disables the pre-hooks (a synchronous gather)
-around saves and evaluation. A skipped update changes no weights, so the next forward's gather
-of the unchanged shards is a no-op.
+`gathered_params` (Megatron-LM's training loop disables the pre-hooks, a synchronous gather,
+around its saves); evaluation is a forward and gathers through the hooks. A skipped update
+changes no weights, so the next forward's gather of the unchanged shards is a no-op.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def overlap(parallel) -> Tuple[bool, bool]:
     """(overlap_grad_reduce, overlap_param_gather) in effect: the one home of the rule. The
     parameter gather exists only with the distributed optimizer (without it every rank updates
     whole weights), so there overlap_param_gather is off whatever the recipe says; the reduce
-    overlaps at every layout (results bitwise equal: tests/training/test_overlap.py)."""
+    overlaps at every layout. Results equal the non-overlapped run bitwise, except with the
+    distributed optimizer at DP > 1 and several buckets (models over megatron's 40M parameters
+    per bucket): the optimizer shards each bucket, so the gradient norm sums in another order,
+    equal to round-off (tests/training/test_overlap.py)."""
     return (bool(parallel.overlap_grad_reduce),
             bool(parallel.overlap_param_gather and parallel.use_distributed_optimizer))
 
