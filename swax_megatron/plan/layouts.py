@@ -172,6 +172,12 @@ def layout_problem(recipe, shape: Shape, tp: int, pp: int, ulysses: int, cluster
     return None
 
 
+def in_flight_microbatches(pp: int, stage: int, microbatches: int) -> int:
+    """Microbatches whose activations stage `stage` holds at once under megatron's 1F1B
+    schedule: the warm-up forwards (pp - stage - 1) and the one in its steady state."""
+    return min(pp - stage, microbatches)
+
+
 def planned_precision(recipe) -> str:
     """"auto" is bf16 on a GPU (models/config.py); the planner plans for GPUs."""
     return "bf16" if recipe.train.precision == "auto" else recipe.train.precision
@@ -198,7 +204,7 @@ def evaluate(recipe, shape: Shape, tp: int, pp: int, ulysses: int, cluster: Clus
                                  micro_batch=t.micro_batch_size, tp=tp, sp=sp, ulysses=ulysses,
                                  kernels=kernels, recompute=base.with_granularity(granularity),
                                  window=max(window_mix(t.window_schedule)))
-        in_flight = min(pp - k, m)
+        in_flight = in_flight_microbatches(pp, k, m)
         return {"weights": params * w, "gradients": params * 4.0,
                 "optimizer": params * opt_per_param / (replicas if distributed else 1),
                 "activations": acts.stored_per_token * tokens * in_flight,
