@@ -55,7 +55,8 @@ class MegatronBackend:
         self.tp = ps.get_tensor_model_parallel_world_size()
         if self.pp > 1:
             self.pp_group = ps.get_pipeline_model_parallel_group()
-            self.prev, self.next = ps.get_pipeline_model_parallel_prev_rank(), ps.get_pipeline_model_parallel_next_rank()
+            self.prev = ps.get_pipeline_model_parallel_prev_rank()
+            self.next = ps.get_pipeline_model_parallel_next_rank()
             self.last_rank = ps.get_pipeline_model_parallel_last_rank()
         self.hidden = model.config.hidden_size
         self.dtype = next(model.parameters()).dtype

@@ -221,7 +221,6 @@ def test_slurm_eval_sh_sruns_the_ranks(tp2_run, tmp_path):
     import json
     import os
     import shutil
-    import subprocess
     import tempfile
 
     sys.path.insert(0, str(TESTS / "slurm"))
