@@ -249,7 +249,8 @@ def evaluate_at_run_layout(run_dir, tasks: Optional[Iterable[str]] = None, overr
         quiet()
         with single_process_world(DEFAULT_SEED):
             return evaluate_in_world(run_dir, tasks, overrides, progress)
-    if not _todo(jobs, source, progress):  # nothing to do: no processes to start
+    if not _todo(jobs, source, False):  # nothing to do: no processes to start
+        _todo(jobs, source, progress)  # say what is skipped (else rank 0 says it)
         return [j.path for j in jobs]
     argv = [str(run_dir), *(["--tasks", ",".join(tasks)] if tasks is not None else []),
             *(["--quiet"] if not progress else []), *overrides]
@@ -264,12 +265,17 @@ def evaluate_at_run_layout(run_dir, tasks: Optional[Iterable[str]] = None, overr
 
 def launch_workers(nproc: int, argv: Sequence[str]) -> int:
     """`python -m swax_megatron.eval.layout ARGV` as nproc local ranks (torchrun's variables);
-    the first failing worker's exit code (the others killed GRACE_SECONDS later), else 0."""
+    the first failing worker's exit code (the others killed GRACE_SECONDS later), else 0. A
+    SIGTERM to this process kills the workers and exits 143."""
     from ..training.distributed import free_port
     from ..training.launch import combine_exit_codes
 
+    def stop(signum, frame):  # noqa: ARG001 - SIGTERM (slurm/eval.sh, scancel): the workers go too
+        raise SystemExit(128 + signum)
+
     port, cores = str(free_port()), os.cpu_count() or 1
     procs = []
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         for rank in range(nproc):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
@@ -284,6 +290,7 @@ def launch_workers(nproc: int, argv: Sequence[str]) -> int:
                 break
             time.sleep(0.1)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
