@@ -203,3 +203,51 @@ def test_bad_settings_are_one_line(overrides, message):
         resolve("recipes/tiny/swax.yaml", ["model.layer_pattern=XS*2", "model.num_layers=4",
                                            *overrides])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def _ulysses_grads(rank, names):
+    """Per setting: this rank's loss and parameter gradients at ulysses 2 (recomputation then
+    repeats the mixers' all-to-alls in backward)."""
+    from megatron.core import parallel_state as ps
+
+    from swax_megatron.config.resolve import resolve
+    from swax_megatron.models import ulysses
+    from swax_megatron.models.model import swax_model_from_recipe
+    from tests.parallel.test_ulysses import _init_cp
+
+    _init_cp(2)
+    overrides = {"none": [],
+                 "selective-all": ["train.recompute.granularity=selective",
+                                   "train.recompute.modules=[core_attn,mlp,mlstm_cell]"],
+                 "full-uniform-2": ["train.recompute.granularity=full",
+                                    "train.recompute.num_layers=2"]}
+    out = {}
+    for name in names:
+        recipe = resolve("recipes/tiny/base.yaml", [
+            "model.layer_pattern=XSGX", "model.num_layers=4", "model.hidden_size=64",
+            "model.num_attention_heads=4", "model.num_query_groups=2", "model.mlstm.num_heads=4",
+            "model.mlstm.chunk_size=16", "model.swa.window=12", "train.seq_length=64",
+            "model.vocab_size=128", "parallel.ulysses_size=2", "slurm.gpus_per_node=2",
+            *overrides[name]]).recipe
+        torch.manual_seed(0)
+        model = swax_model_from_recipe(recipe, vocab_size=128)
+        model.set_swa_window(12)
+        tokens = torch.randint(0, 128, (2, 65), generator=torch.Generator().manual_seed(1))
+        r = ps.get_context_parallel_rank()
+        x, y = (ulysses.shard_sequence(t, 2, r) for t in (tokens[:, :-1], tokens[:, 1:]))
+        loss = model(x, labels=y).float().sum()
+        loss.backward()
+        out[name] = (float(loss), {n: p.grad.clone() for n, p in model.named_parameters()})
+    return out
+
+
+def test_gradients_equal_without_recompute_under_ulysses():
+    pytest.importorskip("deepspeed")
+    names = ["none", "selective-all", "full-uniform-2"]
+    for res in run_distributed(_ulysses_grads, 2, names):
+        ref_loss, ref = res["none"]
+        for name in names[1:]:
+            loss, grads = res[name]
+            assert loss == ref_loss and grads.keys() == ref.keys()
+            for n, g in ref.items():
+                assert torch.equal(grads[n], g), (name, n)
