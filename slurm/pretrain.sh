@@ -193,14 +193,19 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SWAX_LOCAL:-0}" != 1 ]; then
   [ "$nodes" = "$SWAX_NODES" ] || die 2 "the recipe asks for slurm.nodes=$SWAX_NODES, this job has $nodes node(s): $hint"
   cpt=()
   [ -n "${SLURM_CPUS_PER_TASK:-}" ] && cpt=(--cpus-per-task="$SLURM_CPUS_PER_TASK")  # srun does not inherit it
+  # A job that SLURM requeued after a node failure can restart the moment the node is back and
+  # then lose that node from its allocation again (seen with SLURM 22.05: the node's fresh slurmd
+  # cleans up the dead job steps it finds); srun would wait for it forever. --immediate gives up
+  # after 120 s with "Unable to create step", the job fails, and a resubmission resumes.
+  srun_step=(--nodes="$nodes" --immediate=120)
   case "$launcher" in
     srun)
       [ "${SLURM_NTASKS:-}" = "$SWAX_WORLD_SIZE" ] || die 2 "the recipe's world size is $SWAX_WORLD_SIZE (slurm.nodes x slurm.gpus_per_node = $SWAX_NODES x $SWAX_GPUS_PER_NODE), this job has ${SLURM_NTASKS:-?} tasks: $hint"
-      cmd=(srun --kill-on-bad-exit=1 --ntasks="$SWAX_WORLD_SIZE" --ntasks-per-node="$SWAX_GPUS_PER_NODE" "${cpt[@]}"
+      cmd=(srun --kill-on-bad-exit=1 "${srun_step[@]}" --ntasks="$SWAX_WORLD_SIZE" --ntasks-per-node="$SWAX_GPUS_PER_NODE" "${cpt[@]}"
            bash -c "$SWAX_RANK_WRAPPER" swax-rank "$PY" -m swax_megatron.train "${SWAX_TRAIN_ARGS[@]}")
       ;;
     torchrun)
-      cmd=(srun --kill-on-bad-exit=1 --ntasks="$nodes" --ntasks-per-node=1 "${cpt[@]}"
+      cmd=(srun --kill-on-bad-exit=1 "${srun_step[@]}" --ntasks="$nodes" --ntasks-per-node=1 "${cpt[@]}"
            bash -c 'swax_node_torchrun "$@"' swax-node
            --nnodes="$nodes" --nproc-per-node="$SWAX_GPUS_PER_NODE" --max-restarts=0
            --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID"
@@ -267,10 +272,11 @@ if [ "$rc" != "$SWAX_REQUEUE_EXIT" ]; then
   # Ranks that died with a node, or whose collective broke when another node went away, leave
   # the trainer's exit.json at "running": say here how the job ended and where it resumes.
   where="job ${jobref:-local}${SLURM_JOB_NODELIST:+ on $SLURM_JOB_NODELIST}${got_term:+, after SIGTERM from SLURM (cancel, time limit, preemption or a failed node)}"
+  # (TERM ignored: SLURM signals every process of a job it cancels, this one too.)
   # shellcheck disable=SC2016
-  "$PY" -c 'import sys; from swax_megatron.launch.jobenv import record_failure
+  ( trap '' TERM; exec "$PY" -c 'import sys; from swax_megatron.launch.jobenv import record_failure
 sys.exit(0 if record_failure(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]) else 1)' \
-    "$SWAX_RUN_DIR" "$SWAX_CHECKPOINT_DIR" "$rc" "$where" 2>/dev/null \
+    "$SWAX_RUN_DIR" "$SWAX_CHECKPOINT_DIR" "$rc" "$where" 2>/dev/null ) \
     && log "exit.json: $(tr -d '\n' < "$SWAX_RUN_DIR/exit.json" | tr -s ' ')"
   log "training failed with exit code $rc"
   exit "$rc"
