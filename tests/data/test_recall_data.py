@@ -24,10 +24,16 @@ def plan(tiny_tokenizer):
 
 
 def test_plan_is_the_byte_pieces(tiny_tokenizer, plan):
-    pieces = [tiny_tokenizer.id_to_piece(i) for i in
-              (*plan.haystack, *plan.keys, *plan.values, plan.marker)]
-    assert pieces == [f"<0x{b:02X}>" for b in range(0x80, 0x80 + len(pieces))]
-    assert len(plan.haystack) == 64 and len(plan.keys) == 24 and len(plan.values) == 32
+    def pieces(ids):
+        return [tiny_tokenizer.id_to_piece(i) for i in ids]
+
+    def byte_pieces(first, count):
+        return [f"<0x{b:02X}>" for b in range(first, first + count)]
+
+    assert pieces(plan.haystack) == byte_pieces(0x80, 16)
+    assert pieces(plan.keys) == byte_pieces(0xC0, 24)
+    assert pieces(plan.values) == byte_pieces(0xD8, 32)
+    assert pieces([plan.marker]) == ["<0xF8>"]
 
 
 def test_plan_refuses_a_tokenizer_without_byte_pieces():
