@@ -45,8 +45,10 @@ def _quiet_known_warnings() -> None:
     # a cuda-graph default it sets itself: noise that would bury the progress bar.
     import warnings
 
+    # Its advice on `core_attn` recomputation is about TE's fused attention, and repeats on every
+    # selective-recompute run whatever the backend; the planner shows what each setting saves.
     for pattern in (r".*Transformer Engine .*not installed.*", r".*Apex is not installed.*",
-                    r".*full scope is deprecated.*"):
+                    r".*full scope is deprecated.*", r".*the core_attn is from transformer_engine.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
