@@ -22,9 +22,10 @@ state, so later steps cannot change what it writes). megatron's PersistentAsyncC
 run on CPU (its spawned worker calls torch.cuda.set_device(rank % device_count()): division by
 zero) and would pay a fresh interpreter with megatron imported (~8 s) per job. The writer's
 results reach the finalize step through a file in the checkpoint directory instead of megatron's
-queue (see _ResultsFile). One save is in flight at a time; `latest` still moves only after every
-rank finished and the manifest is written. `checkpoint.fully_parallel` wraps the torch_dist
-strategies in megatron's FullyParallelSave/LoadStrategyWrapper over the data-parallel group:
+queue (see _ResultsFile), and each writer checksums the files it wrote for the manifest. One
+save is in flight at a time; `latest` still moves only after every rank finished and the
+manifest is written. `checkpoint.fully_parallel` wraps the torch_dist strategies in megatron's
+FullyParallelSave/LoadStrategyWrapper over the data-parallel group:
 replicated tensors are written and read once, by one rank each, instead of all by DP rank 0. Before a checkpoint is loaded, its files are checked against the manifest (the ranks
 share the reading), so bit rot or a truncated shard is refused with one line that names the
 newest intact checkpoint, never loaded into NaN steps.
@@ -215,14 +216,33 @@ def _my_share(names: List[str]) -> List[str]:
     return sorted(names)[rank::world]
 
 
+_DIGESTS = ".digests."  # the shard writers' checksums, one file per rank; consumed below
+
+
 def write_manifest(path: Path) -> None:
-    """Checksum every file of a finished save (collective) and write manifest.json (rank 0)."""
-    names = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST)
-    mine = {name: file_digest(path / name) for name in _my_share(names)}
+    """Checksum every file of a finished save (collective) and write manifest.json (rank 0).
+
+    The shard files come checksummed by the process that wrote them (_shard_writer: right after
+    writing, while the data is in the page cache, and in the background for an asynchronous
+    save); the rest (common.pt, metadata, a shard whose size changed since) are read here, the
+    ranks sharing the reading."""
+    known: Dict[str, Any] = {}
+    for f in sorted(path.glob(_DIGESTS + "*")):
+        try:
+            known.update(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            pass  # those files are checksummed below instead
+    names = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST
+                   and not p.name.startswith(_DIGESTS))
+    todo = [n for n in names if (known.get(n) or {}).get("size") != (path / n).stat().st_size]
+    mine = {name: file_digest(path / name) for name in _my_share(todo)}
     gathered: List[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, mine)
+    torch.distributed.all_gather_object(gathered, mine)  # also: every rank has read `known`
     if torch.distributed.get_rank() == 0:
-        files = {k: v for part in gathered for k, v in part.items()}
+        files = {n: known[n] for n in names if n not in todo}
+        files.update({k: v for part in gathered for k, v in part.items()})
+        for f in path.glob(_DIGESTS + "*"):
+            f.unlink()
         atomic_write(path / MANIFEST, json.dumps(
             {"checksum": f"crc32 per {_PIECE} bytes", "files": dict(sorted(files.items()))})
             + "\n")
@@ -416,27 +436,65 @@ def _use_results_file(path: Path) -> None:
         path / f".write_results.{torch.distributed.get_rank()}")
 
 
-def _dies_with_parent(fn):
-    """`fn` for a writer process forked from the trainer, which gets SIGKILL when the trainer
-    dies: a killed rank leaves no writer behind that could write into the next attempt's
-    directory of the same name (Linux; elsewhere the writer runs to its end)."""
+# The shard writer (megatron's write_preloaded_data_multiproc) forks one process per file. Every
+# process of a save dies with the one that started it: a SIGKILLed rank leaves no writer behind
+# that holds the run's lock (inherited descriptors) or writes into the next attempt's directory,
+# and no per-file writer blocks forever on the queue of a dead parent. Linux (prctl); elsewhere
+# the writers run to their end.
+_forker: Optional[int] = None  # pid of the process running the shard writer (in that process)
+
+
+def _die_with(parent: int) -> None:
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def _shard_writer(fn, files: List[str], digests: Path, trainer: Optional[int]):
+    """megatron's shard writer `fn` (run in the trainer, or with `trainer` set in a process forked
+    from it), then the checksums of the files it wrote, into `digests` (see write_manifest)."""
     import functools
+
+    _per_file_writers_die_with_parent()
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        parent = os.getppid()
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:  # the trainer died before prctl took effect
-            os._exit(1)
-        return fn(*args, **kwargs)
+        global _forker
+        if trainer is not None:
+            _die_with(trainer)
+        _forker = os.getpid()
+        result = fn(*args, **kwargs)
+        atomic_write(digests, json.dumps({Path(f).name: file_digest(Path(f)) for f in files
+                                          if Path(f).is_file()}))
+        return result
 
     return run
+
+
+def _per_file_writers_die_with_parent() -> None:
+    import functools
+
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import \
+        FileSystemWriterAsync
+
+    original = FileSystemWriterAsync.write_preloaded_data
+    if getattr(original, "_dies_with_parent", False):
+        return
+
+    @functools.wraps(original)
+    def write_preloaded_data(*args, **kwargs):
+        if _forker is not None:
+            _die_with(_forker)
+        return original(*args, **kwargs)
+
+    write_preloaded_data._dies_with_parent = True
+    FileSystemWriterAsync.write_preloaded_data = staticmethod(write_preloaded_data)
 
 
 def optimizer_has_state(optimizer) -> bool:
@@ -518,6 +576,10 @@ class CheckpointManager:
         request = dist_checkpointing.save(sd, str(path), sharded_strategy=self._save_strategy(),
                                           async_sharded_save=True)
         request.add_finalize_fn(lambda: self._complete(path, step))
+        if request.async_fn is not None:  # this rank writes shard files
+            request = request._replace(async_fn=_shard_writer(
+                request.async_fn, [b[0] for b in request.async_fn_args[1]],
+                path / f"{_DIGESTS}{rank}.json", os.getpid() if self.async_save else None))
         if not self.async_save:
             request.execute_sync()
             return path, None
@@ -525,8 +587,6 @@ class CheckpointManager:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self._queue = AsyncCallsQueue(persistent=False)  # fork per save: see module doc
-        if request.async_fn is not None:
-            request = request._replace(async_fn=_dies_with_parent(request.async_fn))
         self._queue.schedule_async_request(request)
         self._in_flight = path
         return path, None

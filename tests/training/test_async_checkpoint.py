@@ -9,7 +9,9 @@ asynchronous or not, load the same state bitwise.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,24 @@ def _steps(records):
 
 def _checkpoints(records):
     return sorted((r["step"], r["reason"]) for r in records if r["kind"] == "checkpoint")
+
+
+def _holders(run_dir: Path, wait: float = 20.0) -> list:
+    """Processes with a file under `run_dir` open, once those dying have had `wait` s to go."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            try:
+                if any(os.readlink(fd).startswith(str(run_dir)) for fd in fd_dir.iterdir()):
+                    found.append(fd_dir.parent.name)
+            except OSError:  # gone, or not ours to read
+                pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +92,8 @@ def test_sigkill_with_an_async_save_in_flight_resumes_from_the_previous_one(
     assert (ckpts / "iter_0000004").is_dir() and not (ckpts / "iter_0000004" /
                                                       "manifest.json").exists()
     first = (run_dir / "metrics.jsonl").read_bytes()
+    # No writer process outlives its rank (holding the run's lock, writing into the directory).
+    assert _holders(run_dir) == []
 
     resumed, _ = _job(tiny_corpus, tmp_path, ASYNC)
     assert resumed.codes == [0, 0], resumed.log
@@ -151,7 +173,7 @@ def _strategies_body(rank, root):
     from megatron.core import parallel_state as ps
 
     from swax_megatron.config.resolve import resolve
-    from swax_megatron.training.checkpoint import CheckpointManager, TrainState
+    from swax_megatron.training.checkpoint import CheckpointManager, TrainState, file_digest
     from swax_megatron.training.engine import build_engine, train_step
 
     # dist.py's children are daemonic, and multiprocessing refuses children to daemonic
@@ -183,6 +205,11 @@ def _strategies_body(rank, root):
             step(2)  # training goes on while the writer runs: the checkpoint is of step 2
         assert m.finalize(blocking=True) == [path]
         assert (root / name / "latest").read_text().strip() == "iter_0000002"
+        # The manifest (shards checksummed by their writers) equals checksumming every file.
+        files = sorted(f for f in path.iterdir() if f.name != "manifest.json")
+        assert [f.name for f in files if f.name.startswith(".")] == [".metadata"]
+        assert json.loads((path / "manifest.json").read_text())["files"] == {
+            f.name: file_digest(f) for f in files}
     # Which rank wrote bytes: the fully-parallel save spreads the replicated tensors.
     shares = {name: [sum(f.stat().st_size for f in (root / name / "iter_0000002").glob(
         f"__{r}_*.distcp")) for r in range(2)] for name in managers}
