@@ -171,7 +171,7 @@ swax_node_torchrun() {
     wait "$pid"; rc=$?
     kill -0 "$pid" 2>/dev/null || break
   done
-  wait "$pid" 2>/dev/null; last=$?; [ $last != 127 ] && rc=$last
+  wait "$pid" 2>/dev/null; last=$?; [ $last != 127 ] && [ $last -ge 0 ] && rc=$last
   trap - USR1 TERM INT
   return "$rc"
 }
@@ -194,9 +194,10 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SWAX_LOCAL:-0}" != 1 ]; then
   cpt=()
   [ -n "${SLURM_CPUS_PER_TASK:-}" ] && cpt=(--cpus-per-task="$SLURM_CPUS_PER_TASK")  # srun does not inherit it
   # A job that SLURM requeued after a node failure can restart the moment the node is back and
-  # then lose that node from its allocation again (seen with SLURM 22.05: the node's fresh slurmd
-  # cleans up the dead job steps it finds); srun would wait for it forever. --immediate gives up
-  # after 120 s with "Unable to create step", the job fails, and a resubmission resumes.
+  # then lose that node from its allocation again (seen with SLURM 22.05: slurmctld answers the
+  # step request with "requested nodes ... not part of JobId"), and srun would wait for it
+  # forever. --immediate gives up after 120 s ("Unable to create step"): the job fails, and a
+  # resubmission resumes.
   srun_step=(--nodes="$nodes" --immediate=120)
   case "$launcher" in
     srun)
@@ -248,7 +249,8 @@ else
     wait "$child"; rc=$?
     kill -0 "$child" 2>/dev/null || break
   done
-  wait "$child" 2>/dev/null; last=$?; [ $last != 127 ] && rc=$last
+  # (bash gives -1, no status, for a child it reaped while a trap ran: keep the earlier code)
+  wait "$child" 2>/dev/null; last=$?; [ $last != 127 ] && [ $last -ge 0 ] && rc=$last
   [ -n "$resender" ] && kill "$resender" 2>/dev/null
 fi
 

@@ -6,8 +6,12 @@ The reference is the same recipe at TP=2 x DP=2 on one node (4 tasks). Spread ov
 ranks per node, 1 thread each) it must give bitwise the same losses and final weights and
 optimizer state, with srun (a task per rank) and torchrun (one per node, c10d rendezvous at the
 first node). A USR1 preemption requeues the two-node job, which resumes on both nodes; a node
-that fails mid-run (every process in its namespace killed) fails the job with a clear state and
-leaves a checkpoint that a resubmission resumes to the reference's losses.
+that fails mid-run (every process in its namespace killed) ends the attempt with a clear state
+(SLURM: node down, job requeued and waiting for it; exit.json: code, step, checkpoint) and the run
+resumes to the reference's losses once the node is back.
+
+The rendezvous tests run the script's launch path with a probe in the trainer's place (torch
+only) and are in the default suite; the tests that train are `slow`.
 """
 
 from __future__ import annotations
