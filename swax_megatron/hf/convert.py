@@ -891,9 +891,9 @@ def _save_checkpoint(model, path: Path, common: Dict[str, Any]) -> None:
     (collective over the world)."""
     from megatron.core import dist_checkpointing
 
-    from ..training.checkpoint import _in_process_results_queue, write_manifest
+    from ..training.checkpoint import _use_results_file, write_manifest
 
-    _in_process_results_queue()
+    _use_results_file(path)  # the shard writer's results through a file (training/checkpoint.py)
     dist_checkpointing.save({"model": model.sharded_state_dict(), **common}, str(path))
     torch.distributed.barrier()
     write_manifest(path)
