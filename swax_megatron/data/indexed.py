@@ -8,6 +8,8 @@ A small `<prefix>.meta.json` records which tokenizer produced the ids.
 
 `validate_indexed_dataset` checks a pair *before* Megatron reads it: Megatron answers a missing
 or inconsistent file with a bare assert, a numpy error deep in a memmap, or an endless loop.
+`check_indexed_dataset_cached` does the same checks once per version of the files (a record in a
+cache directory), which is what a training start-up uses.
 """
 
 from __future__ import annotations

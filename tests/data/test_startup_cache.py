@@ -47,6 +47,14 @@ class Opened:
         return [p for p in self.paths if p.endswith(".bin")]
 
 
+def _rewrite(path: str, data: np.ndarray) -> None:
+    """Rewrite a file in place, as a later write would: its mtime moves on (set explicitly, since
+    two writes within one tick of the kernel's coarse clock may share a timestamp)."""
+    before = os.stat(path).st_mtime_ns
+    data.tofile(path)
+    os.utime(path, ns=(before, max(os.stat(path).st_mtime_ns, before + 10 ** 9)))
+
+
 def _error(fn):
     with pytest.raises(DataError) as e:
         fn()
@@ -89,14 +97,14 @@ def test_a_modified_bin_or_idx_is_validated_again(pair, tiny_tokenizer, tmp_path
     # Same size, one token id past the vocabulary: the mtime changes, the record no longer fits.
     data = np.fromfile(pair + ".bin", dtype=np.uint16)
     data[len(data) // 2] = tiny_tokenizer.vocab_size + 7
-    data.tofile(pair + ".bin")
+    _rewrite(pair + ".bin", data)
     line = _error(lambda: check_indexed_dataset_cached(pair, tokenizer=tiny_tokenizer,
                                                        cache_dir=cache))
     assert line == _error(lambda: validate_indexed_dataset(pair, tokenizer=tiny_tokenizer))
     assert f"token id {tiny_tokenizer.vocab_size + 7} >=" in line
     # Repaired: validated again (and recorded) rather than the failure remembered.
     data[len(data) // 2] = 1
-    data.tofile(pair + ".bin")
+    _rewrite(pair + ".bin", data)
     _, cached = check_indexed_dataset_cached(pair, tokenizer=tiny_tokenizer, cache_dir=cache)
     assert not cached
     # An .idx rewritten in place with the same size and its old mtime: its digest differs.
