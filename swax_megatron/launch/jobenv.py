@@ -79,7 +79,8 @@ def record_failure(run_dir: str, checkpoint_dir: str, code: int, detail: str) ->
         checkpoint = os.path.join(checkpoint_dir, name) if name else None
     except OSError:
         pass
-    resume = f"a rerun resumes from {checkpoint}" if checkpoint else "no checkpoint yet: a rerun starts over"
+    resume = f"a rerun resumes from {checkpoint}" if checkpoint \
+        else "no checkpoint yet: a rerun starts over"
     write_summary(path, {"code": code, "step": step,
                          "reason": f"the ranks failed with exit code {code} before the trainer "
                                    f"recorded why ({detail}); {resume}",
