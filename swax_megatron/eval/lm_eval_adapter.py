@@ -22,6 +22,18 @@ accuracy in percent: acc, else acc_norm, exact_match, ...; null when none); stde
 covers the evaluation settings and the bytes of the include path's files, so editing a local task
 redoes it; a file already there with the same checkpoint step and hash is skipped (nothing loaded).
 `results_dir` defaults to RUN_DIR/eval for a run and EXPORT_DIR/eval for an export.
+
+lm_eval's RULER tasks (`niah_single_1`, ...: RULER_TASKS) build their samples with the export's
+tokenizer at lengths given as metadata (`max_seq_lengths`). Here they get the recipe's
+`eval.lengths` (a run's resolved.yaml, an export's swax_export.json; `lengths=` overrides) and are
+run once per length with `eval.samples x len(eval.depths)` samples (lm_eval's `limit`; as many as
+one length of our own NIAH grid), since a limit over all lengths at once would take the first
+length only. Their results file has metrics {"<length>": fraction} and lengths {"<length>":
+percent}; score is the mean over lengths. RULER needs `wonderwords` and `nltk` (lm_eval's ruler
+extra, in our eval extra); at import it tries `nltk.download("punkt_tab")`, which fails offline
+without harm: only the essay haystacks (niah_single_2, ...) use it, and those download their
+essays too, so they fail offline (one line). niah_single_1 (noise haystack), niah_multikey_2/3
+(needle haystacks) run offline. HFLM's max_length is raised to the longest length.
 """
 
 from __future__ import annotations
@@ -43,6 +55,10 @@ KIND = "lm_eval"
 # The headline metric, first one present wins (lm_eval's names without the filter).
 MAIN_METRICS = ("acc", "acc_norm", "exact_match", "f1", "mcc", "bleu")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# lm_eval's RULER tasks: synthetic, sized by the model's tokenizer to `max_seq_lengths`.
+RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+               "niah_multikey_3", "niah_multivalue", "niah_multiquery", "cwe", "fwe", "vt", "qa_hotpot",
+               "qa_squad")
 
 
 @dataclass
@@ -77,6 +93,23 @@ def _files_hash(include_path: Optional[Path]) -> Optional[str]:
         h.update(str(p.relative_to(include_path)).encode() + b"\0")
         h.update(p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _require_ruler() -> None:
+    try:
+        import nltk  # noqa: F401
+        import wonderwords  # noqa: F401
+    except ImportError as e:
+        raise EvalError(f"lm_eval's RULER tasks need wonderwords and nltk ({e}): "
+                        f"pip install -c constraints/cpu.txt -e '.[eval]'") from e
+
+
+def _ruler_defaults(recipe: Optional[dict]) -> tuple:
+    """(lengths, samples per length) from a recipe's eval section (a dict); RULER's own default
+    length (4096) and 4 x 5 samples when there is none."""
+    e = (recipe or {}).get("eval") or {}
+    lengths = [int(x) for x in e.get("lengths") or [4096]]
+    return lengths, int(e.get("samples") or 4) * max(1, len(e.get("depths") or [0] * 5))
 
 
 def _is_export(path: Path) -> bool:
@@ -125,10 +158,12 @@ def evaluate_lm_eval(target, tasks: Iterable[str], *, include_path=None, results
                      step: Optional[int] = None, window: Optional[int] = None, batch_size: int = 4,
                      max_length: Optional[int] = None, limit: Optional[float] = None,
                      num_fewshot: Optional[int] = None, device: str = "cpu", seed: int = 1234,
-                     progress: bool = True) -> Dict[str, LmEvalResult]:
+                     progress: bool = True, lengths: Optional[Iterable[int]] = None,
+                     samples: Optional[int] = None) -> Dict[str, LmEvalResult]:
     """Evaluate `tasks` with lm_eval on the export of `target` (an export directory, or a run
     directory / checkpoint exported first); {task: LmEvalResult}, written now or found done.
-    `step`/`window` choose the checkpoint and eval window of a run (an export has its own)."""
+    `step`/`window` choose the checkpoint and eval window of a run (an export has its own).
+    `lengths` / `samples` (per length) for RULER tasks: default from the recipe's eval section."""
     for k, v in OFFLINE_ENV.items():
         os.environ[k] = v
     names = list(dict.fromkeys(tasks))
@@ -149,6 +184,8 @@ def evaluate_lm_eval(target, tasks: Iterable[str], *, include_path=None, results
                             f"with --step/--window)")
         ck_path, ck_step, ck_window = _export_step_window(export)
         default_results = export / "eval"
+        info = export / "swax_export.json"
+        recipe = json.loads(info.read_text()).get("recipe") if info.is_file() else None
     else:
         from ..hf.convert import find_source
 
@@ -160,18 +197,34 @@ def evaluate_lm_eval(target, tasks: Iterable[str], *, include_path=None, results
             run_dir = source.run_dir or target
             window = resolve(str(Path(run_dir) / "resolved.yaml"), []).recipe.model.swa.window
         ck_window = window
+        recipe = None
+        if any(n in RULER_TASKS for n in names):
+            import dataclasses
+
+            from ..config.resolve import resolve
+
+            resolved = Path(source.run_dir or target) / "resolved.yaml"
+            recipe = dataclasses.asdict(resolve(str(resolved), []).recipe) if resolved.is_file() else None
         default_results = Path(source.run_dir or target) / "eval"
     results_dir = Path(results_dir) if results_dir is not None else default_results
     ck_window = int(ck_window) if ck_window is not None else 0
 
     settings = {"window": ck_window, "batch_size": batch_size, "max_length": max_length, "limit": limit,
                 "num_fewshot": num_fewshot, "seed": seed, "lm_eval": getattr(lm_eval, "__version__", None)}
+    ruler_lengths, ruler_samples = _ruler_defaults(recipe)
+    ruler = {"lengths": sorted(set(int(x) for x in lengths)) if lengths is not None else ruler_lengths,
+             "samples_per_length": int(samples) if samples is not None else ruler_samples}
+    if any(n in RULER_TASKS for n in names):
+        _require_ruler()
+        if not ruler["lengths"] or min(ruler["lengths"]) <= 0 or ruler["samples_per_length"] <= 0:
+            raise EvalError(f"RULER tasks need positive lengths and samples, got {ruler}")
     jobs = []
     for name in names:
         config = {"lm_eval_task": name, "include_files": _files_hash(inc)}
-        h = settings_hash(settings, config)
+        job_settings = dict(settings, **ruler) if name in RULER_TASKS else settings
+        h = settings_hash(job_settings, config)
         safe = name.replace("/", "_")
-        jobs.append(_Job(f"lm_eval:{name}", KIND, ck_window, dict(settings, task=name), h,
+        jobs.append(_Job(f"lm_eval:{name}", KIND, ck_window, dict(job_settings, task=name), h,
                          results_dir / f"lm_eval-{safe}-w{ck_window}-{h[:8]}.json"))
     out: Dict[str, LmEvalResult] = {}
     todo = []
@@ -207,6 +260,9 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
     from .results import write_json
 
     hf_logging.set_verbosity_error()
+    ruler_max = max((max(job.settings["lengths"]) for name, job in todo if name in RULER_TASKS), default=None)
+    if ruler_max is not None:  # else HFLM cuts the prompts to the model's default length
+        max_length = max(max_length or 0, ruler_max)
     kw = {"max_length": max_length} if max_length is not None else {}
     lm = HFLM(pretrained=str(export), trust_remote_code=True, backend="causal", device=device,
               batch_size=batch_size, dtype="float32", **kw)
@@ -218,6 +274,12 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
     results_dir.mkdir(parents=True, exist_ok=True)
     for name, job in todo:
         _say(progress, f"{name} (step {ck_step}, window {job.window})")
+        if name in RULER_TASKS:
+            data = _evaluate_ruler(lm_eval, lm, export, inc, name, job, ck_path, ck_step, seed, progress)
+            write_json(job.path, data)
+            out[name] = LmEvalResult(name, job.path, data["metrics"], data["score"], False)
+            _say(progress, f"{name}: score {data['score']:.1f}%, wrote {job.path}")
+            continue
         res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=tm, limit=limit,
                                       num_fewshot=num_fewshot, random_seed=seed, numpy_random_seed=seed,
                                       torch_random_seed=seed, fewshot_random_seed=seed,
@@ -237,3 +299,41 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
         out[name] = LmEvalResult(name, job.path, metrics, score, False)
         shown = "" if score is None else f"score {score:.1f}%, "
         _say(progress, f"{name}: {shown}wrote {job.path}")
+
+
+def _evaluate_ruler(lm_eval, lm, export: Path, inc, name: str, job: _Job, ck_path, ck_step, seed: int,
+                    progress: bool) -> dict:
+    """One RULER task at each length (see the module docstring): its results file's body."""
+    from lm_eval.tasks import TaskManager
+
+    metrics: Dict[str, Optional[float]] = {}
+    counts: Dict[str, Optional[int]] = {}
+    n = job.settings["samples_per_length"]
+    for length in job.settings["lengths"]:
+        tm = TaskManager(include_path=str(inc) if inc is not None else None,
+                         metadata={"max_seq_lengths": [length], "tokenizer": str(export)})
+        try:
+            res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=tm, limit=n,
+                                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                          fewshot_random_seed=seed, log_samples=False, bootstrap_iters=0)
+        except EvalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lm_eval's own failure, e.g. essays it cannot download
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise EvalError(f"lm_eval's {name} at length {length} failed offline ({type(e).__name__}: {first}); "
+                            f"niah_single_1 and niah_multikey_2/3 need no download") from None
+        task_res = (res.get("results") or {}).get(name) or {}
+        value = clean_metrics(task_res).get(str(length))
+        if value is None or value < 0:  # lm_eval's -1: no sample of this length
+            raise EvalError(f"lm_eval's {name} returned no score at length {length} "
+                            f"(metrics {sorted(task_res)})")
+        metrics[str(length)] = value
+        counts[str(length)] = ((res.get("n-samples") or {}).get(name) or {}).get("effective")
+        _say(progress, f"  {name} at {length} tokens: {100.0 * value:.1f}% ({counts[str(length)]} samples)")
+    values = [v for v in metrics.values() if v is not None]
+    return {"format": RESULTS_FORMAT, "task": job.task, "kind": KIND, "window": job.window,
+            "checkpoint": {"path": str(ck_path), "step": ck_step}, "settings": job.settings,
+            "settings_hash": job.settings_hash,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "score": 100.0 * sum(values) / len(values), "metrics": metrics,
+            "lengths": {k: 100.0 * v for k, v in metrics.items()}, "samples": counts}
