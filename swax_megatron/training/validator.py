@@ -123,11 +123,22 @@ def vocab_parallel_argmax(logits: torch.Tensor, group=None) -> torch.Tensor:
 def _argmax_func(logits: torch.Tensor, non_loss_data: bool = True) -> torch.Tensor:
     from megatron.core import parallel_state as ps
 
-    return vocab_parallel_argmax(logits, ps.get_tensor_model_parallel_group())
+    index = vocab_parallel_argmax(logits, ps.get_tensor_model_parallel_group())
+    cp = ps.get_context_parallel_world_size()
+    if cp > 1:  # Ulysses: each rank scored its share of the row; the whole row, in natural order
+        from ..models.ulysses import natural_index
+
+        parts = [torch.empty_like(index) for _ in range(cp)]
+        torch.distributed.all_gather(parts, index.contiguous(), group=ps.get_context_parallel_group())
+        gathered = torch.cat(parts, dim=1)
+        index = gathered.index_select(1, natural_index(cp, gathered.shape[1], gathered.device))
+    return index
 
 
 def _probe_forward_step(data_iterator, model):
-    tokens = next(data_iterator)
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    tokens = get_batch_on_this_cp_rank({"tokens": next(data_iterator)})["tokens"]  # Ulysses: a share
     return model(tokens), _argmax_func
 
 
@@ -202,7 +213,8 @@ class RecallProbe:
             e.model.set_swa_window(previous)
             e.ddp.train()
         hits, probes, token_acc = 0.0, 0.0, 0.0
-        reporter = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+        reporter = (ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+                    and ps.get_context_parallel_rank() == 0)  # Ulysses ranks hold the same rows
         if reporter:
             for i, argmax in zip(self.rows, argmaxes):
                 # position t of the row is token t - 1 of the sample (the eod comes first)

@@ -12,13 +12,18 @@ from forkrun import TINY_RECIPE, find_run_dir, fork_run, tiny_overrides, train_r
 pytest.importorskip("deepspeed")
 
 
-def _run(corpus, out, extra=()):
-    argv = [TINY_RECIPE, *tiny_overrides(corpus, out / "runs", extra=list(extra))]
+def _run(corpus, out, extra=(), probes=None):
+    # The recall probe (synth_mqar fits in 128 tokens) runs at every evaluation, on the Ulysses shards too.
+    argv = [TINY_RECIPE, *tiny_overrides(corpus, out / "runs", extra=["eval.probe_task=synth_mqar", *extra])]
     launch = fork_run(argv, 2, out / "logs", timeout=240)
     assert launch.codes == [0, 0], launch.log
     run_dir = find_run_dir(out / "runs")
+    records = train_records(run_dir)
+    if probes is not None:
+        probes.extend((r["step"], r["probes"], r["score"], r["token_accuracy"])
+                      for r in records if r["kind"] == "probe")
     return run_dir, [(r["step"], r["loss"], r["grad_norm"], r["window"], r["lr"])
-                     for r in train_records(run_dir) if r["kind"] == "train"]
+                     for r in records if r["kind"] == "train"]
 
 
 def _close(got, ref):
@@ -31,10 +36,16 @@ def _close(got, ref):
 
 def test_ulysses2_trains_like_dp2_and_its_checkpoint_continues_at_ulysses1(tiny_corpus, tmp_path):
     # Heads: 4 attention (2 kv groups), mLSTM 2: all divisible by ulysses 2.
-    _, dp2 = _run(tiny_corpus, tmp_path / "dp2")
-    u2_dir, u2 = _run(tiny_corpus, tmp_path / "u2", ["parallel.ulysses_size=2"])
+    dp2_probes, u2_probes = [], []
+    _, dp2 = _run(tiny_corpus, tmp_path / "dp2", probes=dp2_probes)
+    u2_dir, u2 = _run(tiny_corpus, tmp_path / "u2", ["parallel.ulysses_size=2"], probes=u2_probes)
     assert len(u2) == 8
     _close(u2, dp2)
+    # The probe scores whole rows under Ulysses too: the same probes, counted once (argmax ties aside,
+    # the weights agree to round-off, so the scores do).
+    assert dp2_probes and [p[:2] for p in u2_probes] == [p[:2] for p in dp2_probes]
+    for got, want in zip(u2_probes, dp2_probes):
+        assert got[2:] == pytest.approx(want[2:], abs=1e-9), (got, want)
     # The ulysses-2 checkpoint at step 4 loads on 2 data-parallel ranks and goes on alike.
     _, resumed = _run(tiny_corpus, tmp_path / "r", [f"checkpoint.load={u2_dir / 'checkpoints' / 'iter_0000004'}"])
     _close(resumed, u2[4:])
