@@ -264,6 +264,7 @@ def conversion_recipe(recipe, tp: int = 1, pp: int = 1):
     r.parallel.tensor_model_parallel_size, r.parallel.pipeline_model_parallel_size = tp, pp
     r.model.layer_pattern = pattern_for_layout(r.model.layer_pattern, pp)
     r.parallel.sequence_parallel = False
+    r.parallel.ulysses_size = 1  # Ulysses ranks are replicas of the weights: one is read
     r.model.attention_backend = "torch"
     r.model.mlstm.kernel = "torch"
     r.model.fp8, r.model.fp8_attention = None, False

@@ -1,9 +1,12 @@
 """Ulysses in the real trainer (2 forked processes, the real entry point, a tiny SWAX on a small
 real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks
 (losses and grad norms to float32 round-off: the same tokens per step, split by sequence instead
-of by sample), and its checkpoint continues at ulysses 1 (resharded across Ulysses degrees)."""
+of by sample), and its checkpoint continues at ulysses 1 (resharded across Ulysses degrees) and exports to Hugging Face."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -46,6 +49,10 @@ def test_ulysses2_trains_like_dp2_and_its_checkpoint_continues_at_ulysses1(tiny_
     assert dp2_probes and [p[:2] for p in u2_probes] == [p[:2] for p in dp2_probes]
     for got, want in zip(u2_probes, dp2_probes):
         assert got[2:] == pytest.approx(want[2:], abs=1e-9), (got, want)
+    # The export reads one Ulysses replica of the weights; its logits match the checkpoint's model.
+    proc = subprocess.run([sys.executable, "tools/convert_to_hf.py", str(u2_dir), "--out", str(tmp_path / "hf"),
+                           "--verify"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "verify: max |logit difference|" in proc.stdout, proc.stderr
     # The ulysses-2 checkpoint at step 4 loads on 2 data-parallel ranks and goes on alike.
     _, resumed = _run(tiny_corpus, tmp_path / "r", [f"checkpoint.load={u2_dir / 'checkpoints' / 'iter_0000004'}"])
     _close(resumed, u2[4:])
