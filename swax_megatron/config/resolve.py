@@ -42,6 +42,11 @@ class Resolved:
     def run_dir(self) -> str:
         return os.path.join(self.recipe.run.output_root, self.run_name)
 
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where the run's checkpoints (and `latest`) live: checkpoint.dir, else <run_dir>/checkpoints."""
+        return self.recipe.checkpoint.dir or os.path.join(self.run_dir, "checkpoints")
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self.recipe)
 

@@ -30,9 +30,7 @@ def job_env(recipe: str, overrides: Sequence[str] = (), sweep_index: Optional[in
     s = r.recipe.slurm
     values = {
         "SWAX_RUN_DIR": os.path.abspath(r.run_dir),
-        # where the trainer keeps checkpoints/latest (training.loop: checkpoint.dir or the run's)
-        "SWAX_CHECKPOINT_DIR": os.path.abspath(r.recipe.checkpoint.dir
-                                               or os.path.join(r.run_dir, "checkpoints")),
+        "SWAX_CHECKPOINT_DIR": os.path.abspath(r.checkpoint_dir),  # where checkpoints/latest live
         "SWAX_RUN_NAME": r.run_name,
         "SWAX_NODES": s.nodes,
         "SWAX_GPUS_PER_NODE": s.gpus_per_node,

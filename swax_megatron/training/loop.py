@@ -93,17 +93,12 @@ def _rank0() -> bool:
     return torch.distributed.get_rank() == 0
 
 
-def _checkpoint_root(resolved) -> Path:
-    ck = resolved.recipe.checkpoint
-    return Path(ck.dir) if ck.dir else Path(resolved.run_dir) / "checkpoints"
-
-
 def _lock_run_dir(resolved) -> Optional[RunLock]:
     """Rank 0 takes the run's lock (creating the run directory); every rank raises its error."""
     lock, error = None, None
     if _rank0():
         try:
-            lock = RunLock.acquire([Path(resolved.run_dir), _checkpoint_root(resolved)])
+            lock = RunLock.acquire([Path(resolved.run_dir), Path(resolved.checkpoint_dir)])
         except RunDirError as e:
             error = e
     box = [error]
@@ -135,7 +130,7 @@ def _prepare(resolved, lock: Optional[RunLock]) -> "Job":
                                             total_steps=tr.steps)
         lr_schedule = LRSchedule.from_recipe(recipe)
         fault = FaultPlan.from_env()
-        manager = CheckpointManager(_checkpoint_root(resolved), keep_last=ck.keep_last,
+        manager = CheckpointManager(Path(resolved.checkpoint_dir), keep_last=ck.keep_last,
                                     fault=fault, async_save=ck.async_save,
                                     fully_parallel=ck.fully_parallel)
         start = find_start(resolved, manager.root, recipe.parallel.use_distributed_optimizer)
