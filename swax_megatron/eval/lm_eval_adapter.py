@@ -257,7 +257,7 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
     from lm_eval.tasks import TaskManager
     from transformers.utils import logging as hf_logging
 
-    from .results import write_json
+    from .results import keep_previous, write_json
 
     hf_logging.set_verbosity_error()
     ruler_max = max((max(job.settings["lengths"]) for name, job in todo if name in RULER_TASKS), default=None)
@@ -276,6 +276,7 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
         _say(progress, f"{name} (step {ck_step}, window {job.window})")
         if name in RULER_TASKS:
             data = _evaluate_ruler(lm_eval, lm, export, inc, name, job, ck_path, ck_step, seed, progress)
+            keep_previous(job.path, ck_step)  # an earlier checkpoint's results move to eval/previous/
             write_json(job.path, data)
             out[name] = LmEvalResult(name, job.path, data["metrics"], data["score"], False)
             _say(progress, f"{name}: score {data['score']:.1f}%, wrote {job.path}")
@@ -295,6 +296,7 @@ def _evaluate(lm_eval, export: Path, todo, out, inc, settings, ck_path, ck_step,
                 "settings_hash": job.settings_hash,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "score": score, "metrics": metrics, "samples": n.get("effective")}
+        keep_previous(job.path, ck_step)
         write_json(job.path, data)
         out[name] = LmEvalResult(name, job.path, metrics, score, False)
         shown = "" if score is None else f"score {score:.1f}%, "
