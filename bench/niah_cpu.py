@@ -1,17 +1,19 @@
 """NIAH evaluation throughput on CPU (issue 13): our harness against lm-eval's HF path, the same prompts.
 
-    python bench/niah_cpu.py                          # 4k and 16k, 4 prompts each, batch 4
-    python bench/niah_cpu.py --quick                  # smoke run: 1k, 2 prompts
+    python bench/niah_cpu.py                          # 4k and 16k, depths 0/50/100 x 4 prompts, batch 4
+    python bench/niah_cpu.py --quick                  # smoke run: 1k, depths 0/100 x 2 prompts
     python bench/niah_cpu.py --lengths 4096 16384 --prompts 8 --batch-size 4 --threads 2
 
 The tiny SWAX of recipes/tiny (hidden 128, "XS*2", window 128, tied embeddings), random weights, fp32,
 with a 2048-piece tokenizer trained on the embedded corpus (the recipe's tokenizer_vocab_size), saved
-as an export directory (remote code, like tools/convert_to_hf.py writes). Per length, `--prompts`
-niah_single_1 samples (swax_megatron/eval/niah.py, depths spread over 0..100%) are decoded greedily,
-128 new tokens at most, `--batch-size` prompts at a time, by:
+as an export directory (remote code, like tools/convert_to_hf.py writes). Per length, the niah_single_1
+prompts `swax eval` builds (swax_megatron/eval/niah.py task.grid: `--depths` x `--prompts` samples, in
+its order, depth by depth) are decoded greedily, 128 new tokens at most, `--batch-size` prompts at a
+time, by:
 
-  swax     the harness' own path (swax_megatron/eval/harness.py `_run_generation` on its HFBackend: the HF model's
-           generate() with SwaxCache, prompts left-padded with an attention mask, our tokenizer ids);
+  swax     the harness' own path (swax_megatron/eval/harness.py `_run_generation` on its HFBackend: the
+           batch's common prefix prefilled once and its SwaxCache copied to every row, the rest left-padded
+           with an attention mask, then greedy steps; our tokenizer ids);
   lm_eval  lm-eval 0.4.13's HFLM (`generate_until`, the path its RULER tasks take), on the same export
            loaded by HFLM, the same prompt texts, {"until": [], "max_gen_toks": 128, "do_sample": False}.
 
@@ -67,12 +69,13 @@ def make_export(root: Path, seed: int = 0) -> Path:
     return out
 
 
-def samples_at(tok, length: int, count: int) -> list:
+def samples_at(tok, length: int, per_depth: int, depths) -> list:
+    """The prompts `swax eval` runs for one length, in its order (task.grid: depth by depth,
+    `per_depth` samples each), so a batch holds one depth's samples as it does there."""
     from swax_megatron.eval import get_task
 
     task = get_task("niah_single_1")
-    depths = [100.0 * i / max(1, count - 1) for i in range(count)]
-    return task, [task.sample(tok, length=length, depth=d, seed=0, index=i) for i, d in enumerate(depths)]
+    return task, list(task.grid(tok, lengths=[length], depths=list(depths), num_samples=per_depth, seed=0))
 
 
 def run_swax(model, tok, task, samples, length: int, batch_size: int) -> dict:
@@ -116,14 +119,15 @@ def run_lm_eval(lm, samples) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
-    ap.add_argument("--prompts", type=int, default=4, help="prompts per length")
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per length and depth")
+    ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 50.0, 100.0], help="needle depths, percent")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds (swax, lm_eval) per length; the fastest counts")
-    ap.add_argument("--quick", action="store_true", help="1k context, 2 prompts")
+    ap.add_argument("--quick", action="store_true", help="1k context, 2 prompts at 2 depths")
     args = ap.parse_args(argv)
     if args.quick:
-        args.lengths, args.prompts = [1024], 2
+        args.lengths, args.prompts, args.depths = [1024], 2, [0.0, 100.0]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -147,13 +151,13 @@ def main(argv=None) -> int:
                   batch_size=args.batch_size, dtype="float32", max_length=max(args.lengths) + 2 * GEN_TOKENS)
         emit({"bench": "niah_cpu", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "cpu": cpu_model(), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "prompts_per_length": args.prompts, "lengths": args.lengths, "max_new_tokens": GEN_TOKENS,
+              "prompts_per_depth": args.prompts, "depths": args.depths, "lengths": args.lengths, "max_new_tokens": GEN_TOKENS,
               "model": "tiny SWAX XS*2 hidden 128 window 128, random weights, fp32, vocab 2048"})
-        task, warm = samples_at(tok, 512, 1)
+        task, warm = samples_at(tok, 512, 1, [50.0])
         run_swax(model, tok, task, warm, 512, 1)  # warm-up: first-call costs out of the timings
         run_lm_eval(lm, warm)
         for length in args.lengths:
-            task, samples = samples_at(tok, length, args.prompts)
+            task, samples = samples_at(tok, length, args.prompts, args.depths)
             prompt_tokens = sum(len(s.prompt_ids) for s in samples)
             ours = theirs = None
             for r in range(args.repeats):  # rounds alternate which path goes first (no order bias)

@@ -331,17 +331,68 @@ class HFBackend:
 
     def generate(self, prompts: Sequence[Sequence[int]], new_tokens: int, eos: int) -> List[List[int]]:
         """Greedy continuations (up to new_tokens each; after an eos, anything) of a batch of
-        prompts, run left-padded with the model's constant-memory cache."""
+        prompts, run left-padded with the model's constant-memory cache.
+
+        The prompts' common prefix is prefilled once and its cache copied to every row (a NIAH batch
+        of one length and depth shares its haystack up to the needle: RULER's noise haystack is the
+        same text for every sample); then the rest of each prompt, left-padded, and greedy steps.
+        `reference_generate` (transformers' generate() on the whole prompts) is what this equals."""
         import torch
 
-        pad = self.model.generation_config.pad_token_id
-        pad = eos if pad is None else pad
+        from ..hf.cache_swax import SwaxCache
+
+        model, pad = self.model, self._pad(eos)
+        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        if len(prompts) == 1 or shared < MIN_SHARED_PREFIX:
+            shared = 0
+        cache = SwaxCache(model.config)
+        if shared:
+            model(input_ids=torch.tensor([list(prompts[0][:shared])]), cache=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(prompts))
+        rest = [list(p[shared:]) for p in prompts]
+        width = max(len(r) for r in rest)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], dtype=torch.long)
+        logits = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
+        out, done = [], torch.zeros(len(prompts), dtype=torch.bool)
+        for step in range(new_tokens):
+            nxt = logits[:, -1].argmax(-1).masked_fill(done, pad)  # as generate(): pad after the eos
+            out.append(nxt)
+            done |= nxt == eos
+            if bool(done.all()) or step == new_tokens - 1:
+                break
+            logits = model(input_ids=nxt[:, None], cache=cache, use_cache=True, logits_to_keep=1).logits
+        return torch.stack(out, 1).tolist()
+
+    def reference_generate(self, prompts: Sequence[Sequence[int]], new_tokens: int, eos: int) -> List[List[int]]:
+        """transformers' generate() on the whole left-padded prompts (greedy): the plain reference."""
+        import torch
+
+        pad = self._pad(eos)
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                                   pad_token_id=pad, eos_token_id=eos)
         return out[:, width:].tolist()
+
+    def _pad(self, eos: int) -> int:
+        pad = self.model.generation_config.pad_token_id
+        return eos if pad is None else pad
+
+
+# A common prefix shorter than this is prefilled with each row (the saving would not pay for the extra call).
+MIN_SHARED_PREFIX = 64
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix every row starts with."""
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        t = rows[0][i]
+        if any(r[i] != t for r in rows[1:]):
+            return i
+    return n
 
 
 def _samples(task, tok, job: _Job) -> list:
