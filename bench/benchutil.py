@@ -22,3 +22,20 @@ def cpu_model() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return platform.processor() or "unknown"
+
+
+def replace_section(path, heading: str, lines) -> None:
+    """Put `lines` (starting with `heading`, a '## ' line) into the markdown file `path` in place of
+    its section under that heading (up to the next '## '), or at the end when it has none."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    body = "\n".join(lines).rstrip("\n") + "\n"
+    start = text.find(heading)
+    if start < 0:
+        path.write_text(text.rstrip("\n") + "\n\n" + body)
+        return
+    end = text.find("\n## ", start + len(heading))
+    rest = "" if end < 0 else "\n" + text[end + 1:]
+    path.write_text(text[:start] + body + rest)

@@ -25,8 +25,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from benchutil import cpu_model, emit
-from ulysses_cpu import peak_allocated  # the one profiler-peak helper of bench/
+from benchutil import cpu_model, emit, replace_section
+from swax_megatron.plan.measure import peak_allocated  # what the planner is checked against
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 256  # small: the output layer's logits would otherwise set the peak of every model
@@ -148,14 +148,7 @@ def write_results(rows, ratios, args, argv) -> None:
         cells += [f"{ratio[(pattern, f'{s} / none')]['peak_memory']:.2f}" for s in settings[1:]]
         lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
     lines += ["", NOTES, ""]
-    text = path.read_text()
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + "\n".join(lines) + ("\n" + text[end + 1:] if end >= 0 else "")
-        path.write_text(text.rstrip("\n") + "\n")
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    replace_section(path, SECTION, lines)
 
 
 if __name__ == "__main__":

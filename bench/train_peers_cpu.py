@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from benchutil import cpu_model, emit
+from benchutil import cpu_model, emit, replace_section
 from train_cpu import VOCAB, engine_for, init_single_process, n_params, time_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,12 +208,7 @@ def write_results(rows, ratios, argv) -> None:
     lines += ["", "| size | ratio | value | goal | ceiling (peer step / SWAX matmul time) |", "|---|---|---|---|---|"]
     for r in ratios:
         lines.append(f"| {r['size']} | {r['ratio']} | {r['value']:.2f} | >= {r['goal']} | {r['ceiling']:.2f} |")
-    text = path.read_text()
-    start = text.find(SECTION)
-    if start >= 0:  # replace this bench's section (up to the next one), keep the rest
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    replace_section(path, SECTION, lines)
 
 
 if __name__ == "__main__":

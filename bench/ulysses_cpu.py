@@ -24,25 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from benchutil import cpu_model, emit
+from benchutil import cpu_model, emit, replace_section
+
+from swax_megatron.plan.measure import peak_allocated
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 2048
-
-
-def peak_allocated(fn) -> int:
-    """Peak of the running sum of torch's CPU allocations while fn() runs."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
 
 
 def _recipe(u: int, seq: int):
@@ -178,12 +165,7 @@ def write_results(rows, ratios, longest, args, argv) -> None:
               "| ratio | seq | value |", "|---|---|---|"]
     for r in ratios:
         lines.append(f"| {r['ratio']} | {r['seq']:,} | {r['value']:.2f} |")
-    text = path.read_text()
-    start = text.find(SECTION)
-    if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    replace_section(path, SECTION, lines)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ cache directory), which is what a training start-up uses.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import os
@@ -61,22 +63,40 @@ class IndexedStats:
     skipped_empty: int
 
 
+@contextlib.contextmanager
+def building(prefix: str, dtype):
+    """megatron's IndexedDatasetBuilder writing beside `<prefix>.bin/.idx`; when the block ends
+    cleanly the new files replace the old ones (a stale .meta.json removed first, so a reader never
+    pairs it with them), on an error nothing of them is left."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    tmp_bin, tmp_idx = temp_beside(bin_path(prefix)), temp_beside(idx_path(prefix))
+    builder = None
+    try:
+        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+        yield builder
+        builder.finalize(str(tmp_idx))  # closes the .bin, writes the .idx
+        meta_path(prefix).unlink(missing_ok=True)
+        os.replace(tmp_bin, bin_path(prefix))
+        os.replace(tmp_idx, idx_path(prefix))
+    finally:
+        if builder is not None and not builder.data_file.closed:
+            builder.data_file.close()
+        tmp_bin.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+
+
 def write_indexed_dataset(documents: Iterable[str], output_prefix, tokenizer, *,
                           batch_size: int = 64, num_threads: int = 1, progress=None,
                           source: str = "") -> IndexedStats:
     """Tokenize `documents` and write `<output_prefix>.bin/.idx` (plus `.meta.json`).
 
     `progress`: an optional tqdm-like object; `.update(1)` is called per input document."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     prefix = str(output_prefix)
     dtype = token_dtype(tokenizer.vocab_size)
     eod = tokenizer.eod
     docs = tokens = skipped = 0
-    tmp_bin, tmp_idx = temp_beside(bin_path(prefix)), temp_beside(idx_path(prefix))
-    builder = None
-    try:
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    with building(prefix, dtype) as builder:
         batch: list[str] = []
 
         def flush():
@@ -106,15 +126,6 @@ def write_indexed_dataset(documents: Iterable[str], output_prefix, tokenizer, *,
             flush()
         if docs == 0:
             raise DataError(prefix, f"no non-empty documents to write ({skipped} empty skipped)")
-        builder.finalize(str(tmp_idx))  # closes the .bin, writes the .idx
-        meta_path(prefix).unlink(missing_ok=True)
-        os.replace(tmp_bin, bin_path(prefix))
-        os.replace(tmp_idx, idx_path(prefix))
-    finally:
-        if builder is not None and not builder.data_file.closed:
-            builder.data_file.close()
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
     stats = IndexedStats(prefix, docs, tokens, skipped)
     _write_meta(prefix, tokenizer, stats, source)
     return stats

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from ..files import atomic_write, temp_beside
+from ..files import atomic_write
 from .errors import DataError
 
 HAYSTACK_TOKENS = 16  # of the 64 haystack ids (see FORMAT 2 below)
@@ -254,7 +253,7 @@ def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: in
     end-of-document id) as `<prefix>.bin/.idx` with megatron's IndexedDatasetBuilder, atomically
     (.bin, then .idx, then .meta.json with the settings). Reuses the files when they are there
     with the same settings. Returns the meta dict (with "reused": bool)."""
-    from .indexed import bin_path, idx_path, meta_path, token_dtype
+    from .indexed import bin_path, building, idx_path, meta_path, token_dtype
 
     _check_args(length, count, seed)
     prefix = str(prefix)
@@ -264,27 +263,13 @@ def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: in
     if recall_dataset_done(prefix, tokenizer, length=length, count=count, seed=seed):
         meta = json.loads(meta_path(prefix).read_text())
         return {**meta, "reused": True}
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     dtype = token_dtype(tokenizer.vocab_size)
     eod = tokenizer.eod
     kinds = {k: 0 for k in KINDS}
-    tmp_bin, tmp_idx = temp_beside(bin_path(prefix)), temp_beside(idx_path(prefix))
-    builder = None
-    try:
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    with building(prefix, dtype) as builder:
         for doc in training_documents(plan, length, count, seed):
             kinds[doc.kind] += 1
             builder.add_document(np.asarray(doc.ids + (eod,), dtype=dtype), [length])
-        builder.finalize(str(tmp_idx))
-        meta_path(prefix).unlink(missing_ok=True)
-        os.replace(tmp_bin, bin_path(prefix))
-        os.replace(tmp_idx, idx_path(prefix))
-    finally:
-        if builder is not None and not builder.data_file.closed:
-            builder.data_file.close()
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
     meta = {"tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
             "tokenizer_model": str(getattr(tokenizer, "model_path", "")),
             "vocab_size": tokenizer.vocab_size, "documents": count, "tokens": count * length,

@@ -10,6 +10,7 @@ import pytest
 
 from dist import run_distributed
 from swax_megatron.config.resolve import resolve
+from swax_megatron.plan.measure import peak_allocated
 from swax_megatron.plan.model import (Kernels, Recompute, Shape, backward_workspace,
                                       layer_activation_bytes, recompute_runs,
                                       stage_activations)
@@ -28,21 +29,6 @@ def tiny_recipe(pattern, *extra):
         "model.mlstm.kernel=torch", "model.swa.window=64", "model.attention_backend=torch",
         f"train.seq_length={SEQ}", f"train.micro_batch_size={MBS}", "train.global_batch_size=2",
         "slurm.gpus_per_node=1", *extra]).recipe
-
-
-def peak_allocated(fn) -> int:
-    """Peak of the running sum of torch's CPU allocations while fn() runs, from its start."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
 
 
 def _measure(rank, recipe):
