@@ -1,5 +1,6 @@
 """Ulysses in the real trainer (2 forked processes, the real entry point, a tiny SWAX on a small
-real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks
+real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks (and 2 x 2
+ Ulysses x data parallel like 4 data-parallel ranks)
 (losses and grad norms to float32 round-off: the same tokens per step, split by sequence instead
 of by sample), and its checkpoint continues at ulysses 1 (resharded across Ulysses degrees) and exports to Hugging Face."""
 
@@ -56,3 +57,19 @@ def test_ulysses2_trains_like_dp2_and_its_checkpoint_continues_at_ulysses1(tiny_
     # The ulysses-2 checkpoint at step 4 loads on 2 data-parallel ranks and goes on alike.
     _, resumed = _run(tiny_corpus, tmp_path / "r", [f"checkpoint.load={u2_dir / 'checkpoints' / 'iter_0000004'}"])
     _close(resumed, u2[4:])
+
+
+def test_ulysses2_x_dp2_trains_like_dp4(tiny_corpus, tmp_path):
+    # 4 processes: 2 replicas of a 2-way Ulysses group against 4 data-parallel ranks (micro batch 1).
+    def run(name, extra):
+        argv = [TINY_RECIPE, *tiny_overrides(tiny_corpus, tmp_path / name / "runs", steps=4, extra=[
+            "slurm.gpus_per_node=4", "train.micro_batch_size=1", "eval.probe_samples=0", *extra])]
+        launch = fork_run(argv, 4, tmp_path / name / "logs", timeout=300)
+        assert launch.codes == [0] * 4, launch.log
+        return [(r["step"], r["loss"], r["grad_norm"], r["window"], r["lr"])
+                for r in train_records(find_run_dir(tmp_path / name / "runs")) if r["kind"] == "train"]
+
+    dp4 = run("dp4", [])
+    u2dp2 = run("u2dp2", ["parallel.ulysses_size=2"])
+    assert len(u2dp2) == 4
+    _close(u2dp2, dp4)
