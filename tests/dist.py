@@ -134,3 +134,18 @@ def run_distributed(body, world_size, *args, tp=None, pp=1, seed=1234, timeout=1
 def _errors_text(outcome) -> str:
     return "".join(f"\n--- rank {r} traceback ---\n{payload}"
                    for r, (status, payload) in sorted(outcome.items()) if status == "error")
+
+
+def init_ulysses(u: int, tp: int = 1):
+    """Inside a child of run_distributed(..., tp=None): megatron's groups with a context-parallel
+    (Ulysses) group of u ranks, and deepspeed.comm on top; returns the Ulysses group."""
+    from megatron.core import parallel_state
+
+    from swax_megatron.models import ulysses
+    from swax_megatron.parallel import cpu_compat
+
+    cpu_compat.apply()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=u)
+    cpu_compat.model_parallel_seed(1234)
+    ulysses.init_deepspeed_comm()
+    return ulysses.ulysses_group()

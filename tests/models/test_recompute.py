@@ -213,9 +213,9 @@ def _ulysses_grads(rank, names):
     from swax_megatron.config.resolve import resolve
     from swax_megatron.models import ulysses
     from swax_megatron.models.model import swax_model_from_recipe
-    from tests.parallel.test_ulysses import _init_cp
+    from dist import init_ulysses
 
-    _init_cp(2)
+    init_ulysses(2)
     overrides = {"none": [],
                  "selective-all": ["train.recompute.granularity=selective",
                                    "train.recompute.modules=[core_attn,mlp,mlstm_cell]"],

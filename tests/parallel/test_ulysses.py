@@ -4,26 +4,18 @@ the whole model's loss and every parameter's gradient at ulysses 2 equal one pro
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.dist import run_distributed
-from tests.models.swax_model_testing import merge_shards, shard_info
+from dist import init_ulysses, run_distributed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from swax_model_testing import merge_shards, shard_info  # noqa: E402
 
 pytest.importorskip("deepspeed")
-
-
-def _init_cp(u: int, tp: int = 1):
-    from megatron.core import parallel_state
-
-    from swax_megatron.models import ulysses
-    from swax_megatron.parallel import cpu_compat
-
-    cpu_compat.apply()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=u)
-    cpu_compat.model_parallel_seed(1234)
-    ulysses.init_deepspeed_comm()
-    return ulysses.ulysses_group()
 
 
 def _mixers(rank, dtype_name):
@@ -32,7 +24,7 @@ def _mixers(rank, dtype_name):
     from swax_megatron.ops.swa import sliding_window_attention
 
     dtype = getattr(torch, dtype_name)
-    group = _init_cp(2)
+    group = init_ulysses(2)
     u, r = group.size(), group.rank()
     g = torch.Generator().manual_seed(0)
     b, s, h, kvh, d = 2, 64, 4, 2, 8
@@ -102,7 +94,7 @@ def test_natural_index_inverts_the_gather():
 def _recipe(pattern: str, overrides=()):
     from swax_megatron.config.resolve import resolve
 
-    return resolve("recipes/tiny/base.yaml", [
+    return resolve(str(Path(__file__).resolve().parents[2] / "recipes/tiny/base.yaml"), [
         f"model.layer_pattern={pattern}", "model.hidden_size=64", "model.num_attention_heads=4",
         "model.num_query_groups=2", "model.mlstm.num_heads=4", "model.mlstm.chunk_size=16",
         "model.swa.window=12", "train.seq_length=64", "model.vocab_size=128", *overrides]).recipe
@@ -116,7 +108,7 @@ def _model_grads(rank, u, tp, pattern):
     from swax_megatron.models import ulysses
     from swax_megatron.models.model import swax_model_from_recipe
 
-    _init_cp(u, tp) if u > 1 else _init_tp(tp)
+    init_ulysses(u, tp) if u > 1 else _init_tp(tp)
     torch.manual_seed(0)
     recipe = _recipe(pattern, [f"parallel.ulysses_size={u}", f"parallel.tensor_model_parallel_size={tp}",
                                f"slurm.gpus_per_node={u * tp}"])
@@ -169,7 +161,7 @@ def test_model_loss_and_grads_equal_one_process(u, tp):
 
 
 def _shm_op_skipped(rank):
-    _init_cp(2)
+    init_ulysses(2)
     import deepspeed.comm.comm as ds_comm
     from deepspeed.accelerator import get_accelerator
 

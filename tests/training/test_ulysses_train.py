@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,8 @@ def test_ulysses2_trains_like_dp2_and_its_checkpoint_continues_at_ulysses1(tiny_
     for got, want in zip(u2_probes, dp2_probes):
         assert got[2:] == pytest.approx(want[2:], abs=1e-9), (got, want)
     # The export reads one Ulysses replica of the weights; its logits match the checkpoint's model.
-    proc = subprocess.run([sys.executable, "tools/convert_to_hf.py", str(u2_dir), "--out", str(tmp_path / "hf"),
+    tool = Path(__file__).resolve().parents[2] / "tools" / "convert_to_hf.py"
+    proc = subprocess.run([sys.executable, str(tool), str(u2_dir), "--out", str(tmp_path / "hf"),
                            "--verify"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "verify: max |logit difference|" in proc.stdout, proc.stderr
     # The ulysses-2 checkpoint at step 4 loads on 2 data-parallel ranks and goes on alike.
