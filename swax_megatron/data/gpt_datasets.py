@@ -13,6 +13,7 @@ or Megatron's own (["p1", "p2"], [0.7, 0.3]).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,4 +190,34 @@ def build_gpt_datasets(tokenizer, *, seq_length: int, seed: int,
     )
     builder = BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank or (lambda: True),
                                             config)
-    return GPTDatasets(*builder.build())
+    with index_build_lock(cache_dir):
+        return GPTDatasets(*builder.build())
+
+
+BUILD_LOCK = ".index-build.lock"
+
+
+@contextlib.contextmanager
+def index_build_lock(cache_dir):
+    """Jobs that share data.cache_dir (a sweep's runs start together) build megatron's index files
+    one at a time. megatron writes them in place (numpy.save) and a job that finds them
+    half-written fails reading them (EOFError: No data left in file). megatron builds on global
+    rank 0 first and the other ranks read after its barrier, so rank 0 alone takes the lock (the
+    others taking it too would deadlock on that barrier). File systems without flock: unlocked."""
+    import fcntl
+
+    import torch
+
+    if cache_dir is None or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+        yield
+        return
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(cache_dir) / BUILD_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # e.g. Lustre without `-o flock`: as before, unserialised
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock

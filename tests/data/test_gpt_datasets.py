@@ -166,3 +166,41 @@ def test_rank0_first_orders_work_and_forwards_failures(tmp_path):
     assert log.read_text().split("\n")[:2] == ["start 0", "end 0"]
     assert results[0] == (0, "OSError: disk full")
     assert results[1] == (1, "data preparation failed on rank 0: OSError: disk full")
+
+
+def test_index_files_are_built_under_the_cache_lock(two_prefixes, tiny_tokenizer, tmp_path, gloo_world1,
+                                                    monkeypatch):
+    # Another job sharing the cache directory must not find megatron's index files half-written: while
+    # this one builds, the cache's lock is held (a second flock on it cannot be taken), and after.
+    import fcntl
+    import os
+
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+
+    from swax_megatron.data import gpt_datasets
+
+    cache = tmp_path / "cache"
+    seen = []
+    build = BlendedMegatronDatasetBuilder.build
+
+    def probing_build(self):
+        fd = os.open(cache / gpt_datasets.BUILD_LOCK, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        return build(self)
+
+    monkeypatch.setattr(BlendedMegatronDatasetBuilder, "build", probing_build)
+    a, _ = two_prefixes
+    build_gpt_datasets(tiny_tokenizer, seq_length=SEQ, seed=7, num_samples=[50, 8, 8], blend=a, split="8,1,1",
+                       cache_dir=cache)
+    assert seen == ["held"]
+    fd = os.open(cache / gpt_datasets.BUILD_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the build is done
+    finally:
+        os.close(fd)
