@@ -31,7 +31,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from slurm_cluster import (ClusterError, LocalCluster, _alive, _free_ports, _sbin, _signal,
+from slurm_cluster import (ClusterError, LocalCluster, _alive, _free_ports, _sbin, _signal, _terminate,
                            missing_binaries)
 
 HOSTS = "/etc/hosts"
@@ -246,14 +246,7 @@ class NetnsCluster(LocalCluster):
                     pass
         first = [p for k, p in self._pids.items() if k != "munged"]
         for pids in (first, [self._pids["munged"]] if "munged" in self._pids else []):
-            for pid in pids:
-                _signal(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for pid in pids:
-                if _alive(pid):
-                    _signal(pid, signal.SIGKILL)
+            _terminate(pids, timeout)
         self._pids.clear()
 
     def _kill_namespaces(self) -> None:

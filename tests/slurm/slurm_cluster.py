@@ -217,14 +217,7 @@ class LocalCluster:
                         pid = None
                 if pid:
                     pids.append(pid)
-            for pid in pids:
-                _signal(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for pid in pids:
-                if _alive(pid):
-                    _signal(pid, signal.SIGKILL)
+            _terminate(pids, timeout)
         self._pids.clear()
 
     def logs(self, tail: int = 40) -> str:
@@ -271,6 +264,18 @@ class LocalCluster:
                 return value
             time.sleep(poll)
         raise ClusterError(f"timed out after {timeout} s waiting for {what}\n{self.logs()}")
+
+
+def _terminate(pids: Sequence[int], timeout: float) -> None:
+    """TERM every pid, wait up to `timeout` for them to end, KILL those still alive."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
