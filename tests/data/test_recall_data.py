@@ -96,12 +96,13 @@ def test_bad_arguments(plan):
         rd.make_document("mqar", plan, 63, random.Random(0))
 
 
-def test_training_documents_are_deterministic_and_mixed(plan):
+def test_training_documents_are_deterministic_and_of_the_planned_kinds(plan):
     a = [d.ids for d in rd.training_documents(plan, 64, 40, seed=3)]
     assert a == [d.ids for d in rd.training_documents(plan, 64, 40, seed=3)]
     assert a != [d.ids for d in rd.training_documents(plan, 64, 40, seed=4)]
     kinds = [d.kind for d in rd.training_documents(plan, 64, 200)]
-    assert 0.1 < kinds.count("passkey") / len(kinds) < 0.4
+    assert abs(kinds.count("mqar") / len(kinds) - rd.MQAR_FRACTION) < 0.1
+    assert set(kinds) <= set(rd.KINDS)
 
 
 def test_eval_task_is_the_same_generator_held_out(tiny_tokenizer, plan):

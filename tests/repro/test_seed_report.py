@@ -52,18 +52,18 @@ def test_mean_spread():
 def test_seed_tables_pool_only_seeds():
     entries = resolve_sweep(str(SWEEP))
     by_name = {e.recipe.run.name: e.recipe for e in entries}
-    short = [n for n in by_name if "long=32" in n and "XS_2" in n]
-    longw = [n for n in by_name if "long=256" in n and "XS_2" in n and "kind=fixed" in n]
+    short = [n for n in by_name if "long=16" in n and "XS_2" in n]
+    longw = [n for n in by_name if "long=128" in n and "XS_2" in n and "kind=fixed" in n]
     assert len(short) == 3 and len(longw) == 3
-    runs = [FakeRun(n, by_name[n], 2.0 + i, [FakeResult("synth_mqar", 256, [100.0, 50.0 + 10 * i, 0.0])])
+    runs = [FakeRun(n, by_name[n], 2.0 + i, [FakeResult("synth_passkey", 128, [100.0, 50.0 + 10 * i, 0.0])])
             for i, n in enumerate(short)]
     runs.append(FakeRun(longw[0], by_name[longw[0]], 3.0,
-                        [FakeResult("synth_mqar", 256, [100.0, 100.0, 100.0])]))
+                        [FakeResult("synth_passkey", 128, [100.0, 100.0, 100.0])]))
     tables = dict(seed_tables(runs))
     loss = tables["final validation loss"]
     assert loss.rows[0] == [short[0].replace("__seed=1", ""), "3", "3.0000 ± 1.0000"]
     assert loss.rows[1] == [longw[0].replace("__seed=1", ""), "1", "3.0000"]
-    recall = tables["`synth_mqar` at eval window 256"]
+    recall = tables["`synth_passkey` at eval window 128"]
     assert recall.header == ["runs", "seeds", "[0, 16)", "[16, 32)", "[32, 64]", "avg"]
     assert recall.rows[0][1:] == ["3", "100.0 ± 0.0", "60.0 ± 10.0", "0.0 ± 0.0", "53.3 ± 3.3"]
     assert recall.rows[1][1:] == ["1", "100.0", "100.0", "100.0", "100.0"]

@@ -1,5 +1,5 @@
 """`bash tools/reproduce.sh --smoke OUT_DIR` end to end (issue 14): data (tokenizer, recall
-documents, text), two training runs through slurm/sweep.sh, `swax eval` on both, the report.
+documents), two training runs through slurm/sweep.sh, `swax eval` on both, the report.
 It checks that the pipeline runs and writes what the report reads; it asserts no science (a
 few steps learn nothing). Needs the hf extra (the evaluation runs the Hugging Face model)."""
 
@@ -31,26 +31,29 @@ def test_smoke_pipeline(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     meta = json.loads((out / "data" / "recall.meta.json").read_text())
-    assert meta["documents"] == 400 and meta["recall"]["length"] == 256
-    assert (out / "data" / "text.idx").is_file()
+    assert meta["documents"] == 400 and meta["recall"]["length"] == 128
+    assert meta["kinds"] == {"mqar": 0, "passkey": 400}
 
     runs = sorted(p for p in (out / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2 and all((r / "DONE").exists() for r in runs)
-    assert {"long=32" in r.name for r in runs} == {True, False}
+    assert {"long=16" in r.name for r in runs} == {True, False}
     for r in runs:
         files = {p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (r / "eval").glob("*.json")}
-        assert files == {f"{t}-w{w}" for t in ("synth_mqar", "synth_passkey", "ppl_by_position")
-                         for w in (32, 256)}
-        mqar = json.loads(next((r / "eval").glob("synth_mqar-w256-*.json")).read_text())
-        assert mqar["kind"] == "probes" and mqar["checkpoint"]["step"] == 8
-        # lengths 1x and 2x the training length, 8 queries per document, 2 documents each
-        assert sorted(mqar["buckets"]["by_length"]) == ["256", "512"]
-        assert sum(mqar["buckets"]["counts"]) == 2 * 2 * 8
-        assert mqar["buckets"]["edges"] == [0, 16, 32, 64, 128, 256, 512]  # the task's edges
-        assert 0.0 <= mqar["score"] <= 100.0
+        assert files == {f"{t}-w{w}" for t in ("synth_passkey", "ppl_by_position")
+                         for w in (16, 128)}
+        pk = json.loads(next((r / "eval").glob("synth_passkey-w128-*.json")).read_text())
+        assert pk["kind"] == "probes" and pk["checkpoint"]["step"] == 8
+        # lengths 1x and 2x the training length, one passkey per document, 2 documents each
+        assert sorted(pk["buckets"]["by_length"]) == ["128", "256"]
+        assert sum(pk["buckets"]["counts"]) == 2 * 2
+        assert pk["buckets"]["edges"] == [0, 16, 32, 64, 128, 256]  # the task's edges
+        assert 0.0 <= pk["score"] <= 100.0
+        probes = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()
+                  if '"probe"' in line]
+        assert probes and all(p["task"] == "synth_passkey" for p in probes)
 
     report = (out / "report" / "report.md").read_text()
-    assert "synth_mqar" in report and "synth_passkey" in report
+    assert "synth_passkey" in report
     assert all(r.name.rsplit("-", 1)[0] in report for r in runs)
     assert (out / "report" / "report.html").is_file()
     timing = json.loads((out / "timing.json").read_text())
