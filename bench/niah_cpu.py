@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_k] = "1"
+from swax_megatron.eval.lm_eval_adapter import OFFLINE_ENV  # noqa: E402  (imports no HF library)
+
+os.environ.update(OFFLINE_ENV)  # before transformers / lm_eval / datasets are imported
 
 import torch  # noqa: E402
 

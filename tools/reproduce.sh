@@ -40,7 +40,7 @@ export SWAX_PYTHON=$PY
 mkdir -p "$out" || die 2 "cannot create $out"
 out=$(cd "$out" && pwd)
 report=${report:-$out/report}
-if [ $smoke = 1 ]; then sweep=$repo/recipes/repro/smoke.yaml docs=400; else sweep=$repo/recipes/repro/sweep.yaml docs=70000; fi
+if [ $smoke = 1 ]; then sweep=$repo/recipes/repro/smoke.yaml; else sweep=$repo/recipes/repro/sweep.yaml; fi
 data=$out/data runs=$out/runs
 overrides=("run.output_root=$runs" "data.source=[$data/recall]")
 timing=()
@@ -49,6 +49,7 @@ now() { date +%s; }
 
 t0=$(now)
 vocab=$("$PY" - "$sweep" "${overrides[@]}" <<'PY'
+import math
 import sys
 from swax_megatron.config.errors import RecipeError
 from swax_megatron.config.resolve import resolve
@@ -58,10 +59,14 @@ except RecipeError as e:
     sys.exit(f"reproduce.sh: error: {e}")
 if r.data.tokenizer_model:
     sys.exit("reproduce.sh: error: the reproduction uses the default tokenizer (data.tokenizer_model is set)")
-print(r.data.tokenizer_vocab_size, r.train.seq_length)
+# Documents: one per training sample of the run (one document is one sample) over the split's
+# training share, so no document is seen twice; at least 400, for the validation and test splits.
+split = [float(x) for x in str(r.data.split).split(",")]
+docs = max(400, math.ceil(r.train.steps * r.train.global_batch_size * sum(split) / split[0]))
+print(r.data.tokenizer_vocab_size, r.train.seq_length, docs)
 PY
 ) || exit 2
-read -r vocab_size seq_length <<< "$vocab"
+read -r vocab_size seq_length docs <<< "$vocab"
 
 log "data: tokenizer (vocab $vocab_size), recall documents ($docs x $seq_length tokens)"
 "$PY" "$repo/tools/make_recall_data.py" --output-prefix "$data/recall" --seq-length "$seq_length" \

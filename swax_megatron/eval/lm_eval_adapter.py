@@ -38,6 +38,7 @@ essays too, so they fail offline (one line). niah_single_1 (noise haystack), nia
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -105,11 +106,12 @@ def _require_ruler() -> None:
 
 
 def _ruler_defaults(recipe: Optional[dict]) -> tuple:
-    """(lengths, samples per length) from a recipe's eval section (a dict); RULER's own default
-    length (4096) and 4 x 5 samples when there is none."""
-    e = (recipe or {}).get("eval") or {}
-    lengths = [int(x) for x in e.get("lengths") or [4096]]
-    return lengths, int(e.get("samples") or 4) * max(1, len(e.get("depths") or [0] * 5))
+    """(lengths, samples per length) from a recipe's eval section (a dict); a recipe's defaults
+    (config.schema.EvalConfig) where it has none."""
+    from ..config.schema import EvalConfig
+
+    e = {**dataclasses.asdict(EvalConfig()), **((recipe or {}).get("eval") or {})}
+    return [int(x) for x in e["lengths"]], int(e["samples"]) * max(1, len(e["depths"]))
 
 
 def _is_export(path: Path) -> bool:
@@ -117,15 +119,16 @@ def _is_export(path: Path) -> bool:
 
 
 def _export_step_window(export: Path) -> tuple:
-    """(checkpoint path or the export, step or None, window) of an export directory."""
+    """(checkpoint path or the export, step or None, window, recipe dict or None) of an export
+    directory (its swax_export.json, when there, has the step, checkpoint and recipe)."""
+    from ..hf.convert import EXPORT_INFO
+
     config = json.loads((export / "config.json").read_text())
-    info_path = export / "swax_export.json"
-    ck_path, step = str(export), None
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        step = (info.get("training") or {}).get("step")
-        ck_path = (info.get("source") or {}).get("checkpoint") or ck_path
-    return ck_path, step, config.get("sliding_window")
+    info_path = export / EXPORT_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    step = (info.get("training") or {}).get("step")
+    ck_path = (info.get("source") or {}).get("checkpoint") or str(export)
+    return ck_path, step, config.get("sliding_window"), info.get("recipe")
 
 
 def clean_metrics(task_results: Dict[str, Any]) -> Dict[str, Optional[float]]:
@@ -182,30 +185,23 @@ def evaluate_lm_eval(target, tasks: Iterable[str], *, include_path=None, results
         if step is not None or window is not None:
             raise EvalError(f"{target}: an export has its own checkpoint and window (export again "
                             f"with --step/--window)")
-        ck_path, ck_step, ck_window = _export_step_window(export)
+        ck_path, ck_step, ck_window, recipe = _export_step_window(export)
         default_results = export / "eval"
-        info = export / "swax_export.json"
-        recipe = json.loads(info.read_text()).get("recipe") if info.is_file() else None
     else:
+        from ..config.resolve import resolve
         from ..hf.convert import find_source
 
         source = find_source(target, step)  # ConversionError if no checkpoint
         ck_path, ck_step = str(source.checkpoint), source.step
-        if window is None:
-            from ..config.resolve import resolve
-
-            run_dir = source.run_dir or target
-            window = resolve(str(Path(run_dir) / "resolved.yaml"), []).recipe.model.swa.window
-        ck_window = window
-        recipe = None
-        if any(n in RULER_TASKS for n in names):
-            import dataclasses
-
-            from ..config.resolve import resolve
-
-            resolved = Path(source.run_dir or target) / "resolved.yaml"
-            recipe = dataclasses.asdict(resolve(str(resolved), []).recipe) if resolved.is_file() else None
-        default_results = Path(source.run_dir or target) / "eval"
+        run_dir = Path(source.run_dir or target)
+        resolved = run_dir / "resolved.yaml"
+        # the run's recipe: its window unless given, its eval section for RULER's lengths
+        run_recipe = None
+        if window is None or (any(n in RULER_TASKS for n in names) and resolved.is_file()):
+            run_recipe = resolve(str(resolved), []).recipe
+        ck_window = run_recipe.model.swa.window if window is None else window
+        recipe = dataclasses.asdict(run_recipe) if run_recipe is not None else None
+        default_results = run_dir / "eval"
     results_dir = Path(results_dir) if results_dir is not None else default_results
     ck_window = int(ck_window) if ck_window is not None else 0
 

@@ -1,7 +1,6 @@
 """The synthetic recall documents (swax_megatron/data/recall_data.py), their indexed dataset and
 tools/make_recall_data.py, and the evaluation task built on the same generator."""
 
-import importlib.util
 import os
 import random
 import subprocess

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_k] = "1"
+from swax_megatron.eval.lm_eval_adapter import OFFLINE_ENV  # noqa: E402  (imports no HF library)
+
+os.environ.update(OFFLINE_ENV)  # before transformers / lm_eval / datasets are imported
 
 pytest.importorskip("transformers", reason="needs the hf extra: pip install -c constraints/cpu.txt -e '.[hf,eval]'")
 pytest.importorskip("lm_eval", reason="needs the eval extra: pip install -c constraints/cpu.txt -e '.[eval]'")

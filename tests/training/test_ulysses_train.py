@@ -1,8 +1,8 @@
-"""Ulysses in the real trainer (2 forked processes, the real entry point, a tiny SWAX on a small
-real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks (and 2 x 2
- Ulysses x data parallel like 4 data-parallel ranks)
-(losses and grad norms to float32 round-off: the same tokens per step, split by sequence instead
-of by sample), and its checkpoint continues at ulysses 1 (resharded across Ulysses degrees) and exports to Hugging Face."""
+"""Ulysses in the real trainer (forked processes, the real entry point, a tiny SWAX on a small
+real corpus): a run at parallel.ulysses_size=2 trains like the same run on 2 data-parallel ranks,
+and 2 x 2 Ulysses x data parallel like 4 data-parallel ranks (losses and grad norms to float32
+round-off: the same tokens per step, split by sequence instead of by sample); its checkpoint
+continues at ulysses 1 (resharded across Ulysses degrees) and exports to Hugging Face."""
 
 from __future__ import annotations
 
