@@ -3,7 +3,7 @@
 #
 #   swax sweep submit RECIPE [key=value ...] [--parallel K]      # validates every entry first
 #   sbatch --array=0-$((N-1))%K [--gpus-per-node=G] slurm/sweep.sh RECIPE [key=value ...]
-#   bash slurm/sweep.sh RECIPE [key=value ...]                   # no SLURM: entries one by one
+#   bash slurm/sweep.sh RECIPE [key=value ...] [--jobs K]        # no SLURM: K entries at a time
 #
 # Each entry has its own run directory (<output_root>/<name>__<key>=<value>-<hash8>); an entry
 # whose run directory holds DONE exits at once, so resubmitting a sweep resumes it. Everything
@@ -56,11 +56,67 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SWAX_LOCAL:-0}" != 1 ]; then
   die 2 "job ${SLURM_JOB_ID} is not an array job: submit with \`swax sweep submit RECIPE\` or sbatch --array=..."
 fi
 
+# Local: --jobs K runs K entries at once (each with the recipe's slurm.cpus_per_task threads; size
+# K to the cores), each one's output appended to <run dir>/sweep.log. The first failure stops
+# new entries; the running ones finish.
+jobs=1 args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --jobs) [ $# -ge 2 ] || die 2 "--jobs needs a number"; jobs=$2; shift ;;
+    --jobs=*) jobs=${1#--jobs=} ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die 2 "--jobs must be a positive integer, got '$jobs'"
+set -- "${args[@]}"
+
 PY=${SWAX_PYTHON:-python3}
 n=$("$PY" -m swax_megatron.cli recipe sweep "$@" --count) || die 2 "the sweep did not resolve (error above)"
-for ((i = 0; i < n; i++)); do
-  echo "[sweep] entry $i of $n"
-  SWAX_SWEEP_INDEX=$i bash "$SWAX_SLURM_DIR/pretrain.sh" "$@"
-  rc=$?
-  [ $rc = 0 ] || { echo "[sweep] entry $i stopped with exit code $rc; rerun to continue" >&2; exit $rc; }
+if [ "$jobs" = 1 ]; then
+  for ((i = 0; i < n; i++)); do
+    echo "[sweep] entry $i of $n"
+    SWAX_SWEEP_INDEX=$i bash "$SWAX_SLURM_DIR/pretrain.sh" "$@"
+    rc=$?
+    [ $rc = 0 ] || { echo "[sweep] entry $i stopped with exit code $rc; rerun to continue" >&2; exit $rc; }
+  done
+  exit 0
+fi
+
+mapfile -t dirs < <("$PY" -m swax_megatron.cli recipe sweep "$@" --list | cut -f2)
+[ ${#dirs[@]} = "$n" ] || die 2 "the sweep lists ${#dirs[@]} run directories for $n entries"
+declare -A entry_of=()
+rc=0 done_n=0
+# Each entry runs in its own session (setsid), so a Ctrl-C here reaches them only as TERM to their
+# whole process group (torchrun and the trainer, which checkpoints and stops); then we wait.
+stop() {
+  echo "[sweep] stopping: TERM to ${#entry_of[@]} running entries" >&2
+  [ $rc = 0 ] && rc=143
+  local pid
+  for pid in "${!entry_of[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+}
+trap stop TERM INT
+reap() {  # wait for one entry to end; the first failure is the sweep's exit code
+  local pid r
+  wait -n -p pid "${!entry_of[@]}"; r=$?
+  [ -n "$pid" ] || return 0  # a trapped signal interrupted the wait
+  done_n=$((done_n + 1))
+  if [ $r = 0 ]; then
+    echo "[sweep $(date +%H:%M:%S)] entry ${entry_of[$pid]} finished ($done_n of $n)"
+  else
+    echo "[sweep $(date +%H:%M:%S)] entry ${entry_of[$pid]} stopped with exit code $r (log: ${dirs[${entry_of[$pid]}]}/sweep.log)" >&2
+    [ $rc = 0 ] && rc=$r
+  fi
+  unset "entry_of[$pid]"
+}
+for ((i = 0; i < n && rc == 0; i++)); do
+  while [ ${#entry_of[@]} -ge "$jobs" ]; do reap; done
+  [ $rc = 0 ] || break
+  mkdir -p "${dirs[$i]}" || die 1 "cannot create ${dirs[$i]}"
+  echo "[sweep $(date +%H:%M:%S)] entry $i of $n: ${dirs[$i]} (log: sweep.log there)"
+  SWAX_SWEEP_INDEX=$i setsid bash "$SWAX_SLURM_DIR/pretrain.sh" "$@" >> "${dirs[$i]}/sweep.log" 2>&1 &
+  entry_of[$!]=$i
 done
+while [ ${#entry_of[@]} -gt 0 ]; do reap; done
+[ $rc = 0 ] || echo "[sweep] stopped with exit code $rc; rerun to continue (done entries are skipped)" >&2
+exit $rc

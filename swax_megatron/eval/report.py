@@ -425,6 +425,15 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
         if g:
             blocks.append(Figures([g]))
 
+    f = figs.add("recall_during_training",
+                 plots.probe_figure(_seed_groups(present) or [(r.label, [r]) for r in present]),
+                 "recall probe during training, per configuration and seed")
+    if f:
+        blocks += [Heading(3, "Recall during training"),
+                   Para("The training-time recall probe (`eval.probe_task`, at the model's "
+                        "window) every `train.eval_every` steps: one panel per configuration, "
+                        "one line per seed."), Figures([f])]
+
     spread = seed_tables(present)
     if spread:
         blocks.append(Heading(3, "Mean and spread over seeds"))

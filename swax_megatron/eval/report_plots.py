@@ -84,6 +84,43 @@ def loss_figure(runs: Sequence[Run]):
     return fig
 
 
+def probe_figure(groups: Sequence[Tuple[str, Sequence[Run]]]):
+    """The training-time recall probe (metrics.jsonl records of kind "probe": eval.probe_task at
+    the model's window) against the step: one panel per configuration, one line per seed. Recall
+    tends to appear as a jump; this shows when, and in how many of a configuration's seeds."""
+    panels = []
+    for label, runs in groups:
+        lines = []
+        for r in runs:
+            pts = sorted((x["step"], float(x["score"])) for x in r.history
+                         if x.get("kind") == "probe" and isinstance(x.get("step"), int)
+                         and _num(x.get("score")) is not None)
+            if pts:
+                lines.append((r, pts))
+        if lines:
+            panels.append((label, lines))
+    if not panels:
+        return None
+    fig, axes = _subplots(len(panels), width=3.3, height=2.4)
+    for ax, (label, lines) in zip(axes, panels):
+        for r, pts in lines:
+            seed = r.get("run.seed")
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker=".", ms=4, lw=1.2,
+                    label=r.label if seed is None else f"seed {seed}")
+        # sweep labels are name__key=value__...: one key per line keeps the title inside the panel
+        ax.set_title(label.replace("__", "\n"), fontsize=6)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel("probe accuracy (%)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    task = next((x.get("task") for _, lines in panels for r, _ in lines for x in r.history
+                 if x.get("kind") == "probe"), "probe")
+    fig.suptitle(f"recall during training ({task})", fontsize=8)
+    _run_legend(fig, axes)
+    return fig
+
+
 def _subplots(n: int, width: float = 4.2, height: float = 3.3):
     plt = _pyplot()
     cols = 2 if n == 4 else min(n, 3)

@@ -50,6 +50,7 @@ LM_EVAL = {"w32": {"tiny_mc": 40.0, "tiny_mc2": 30.0},     # avg 35
 PPL = {("w32", 128): [(0, 512, 5.0), (512, 1024, 5.5), (1024, 2048, 6.25)]}
 VAL_LOSS = {"w32": 5.1234, "w128": 5.2345, "stoch": 5.0123, "tf": 5.4321}
 STEPS = 60
+PROBE_CURVE = {"w32": [0.0, 12.5, 87.5], "w128": [0.0, 0.0, 100.0]}  # at steps 20, 40, 60
 
 
 def _grid(task: str, cells: dict) -> dict:
@@ -81,6 +82,10 @@ def _training(run_dir: Path, key: str, recipe, *, finished: bool = True, steps: 
         if s % 20 == 0:
             lines.append({"kind": "eval", "step": s, "val_loss": VAL_LOSS[key] + (steps - s) / 100,
                           "window": recipe.model.swa.window})
+            if key in PROBE_CURVE:
+                lines.append({"kind": "probe", "step": s, "task": "mqar", "samples": 8,
+                              "score": PROBE_CURVE[key][s // 20 - 1],
+                              "window": recipe.model.swa.window})
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     if finished:
         (run_dir / "summary.json").write_text(json.dumps({
@@ -264,7 +269,7 @@ def test_figures(ablation):
     assert sorted(referenced) == names  # every figure shown, every link a file
     for must in ("loss_curves.png", "niah_by_length.png", "window_grid_niah.png",
                  "scores_by_train_window.png", "more_scores_by_train_window.png", "ppl_by_position.png", "window_grid_recall.png",
-                 "recall_mqar_w128.png"):
+                 "recall_mqar_w128.png", "recall_during_training.png"):
         assert must in names, names
     heatmaps = [n for n in names if n.startswith("niah_heatmap_")]
     assert len(heatmaps) == 5  # (run, eval window) pairs with generation results
@@ -307,6 +312,13 @@ def test_figure_labels(ablation):
     fig = plots.niah_length_figure(runs)
     assert [a.get_xlabel() for a in fig.axes[:2]] == ["context length (tokens)"] * 2
     assert fig.axes[0].get_ylabel() == "accuracy (%)"
+    fig = plots.probe_figure([(r.label, [r]) for r in runs])
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert len(panels) == 2  # the two runs with probe records, one panel each
+    assert [a.get_title().split("\n")[0] for a in panels] == ["tiny-window-sweep"] * 2
+    assert [list(a.lines[0].get_ydata()) for a in panels] == [PROBE_CURVE["w32"], PROBE_CURVE["w128"]]
+    assert (panels[0].get_xlabel(), panels[0].get_ylabel()) == ("step", "probe accuracy (%)")
+    assert plots.probe_figure([(r.label, [r]) for r in runs if "long=" not in r.label]) is None
     fig = plots.window_scores_figure(runs)
     assert {a.get_xlabel() for a in fig.axes if a.get_visible()} == {"training window (tokens)"}
     assert len([a for a in fig.axes if a.get_visible()]) == 4  # NIAH, recall, lm-eval, val loss

@@ -58,11 +58,18 @@ def test_smoke_pipeline(tmp_path):
     assert (out / "report" / "report.html").is_file()
     timing = json.loads((out / "timing.json").read_text())
     assert timing["runs"] == 2 and timing["total"] >= timing["train"] > 0
+    # both runs at once on a machine with 2 cores (smoke.yaml: 1 thread each); each run's
+    # training and evaluation output in its run directory
+    assert timing["jobs"] == len(os.sched_getaffinity(0))
+    for r in runs:
+        assert "training finished" in (r / "sweep.log").read_text()
+        assert "synth_passkey" in (r / "eval.log").read_text()
 
 
 def test_bad_arguments(tmp_path):
     for args, says in (((), "usage"), (("--smok", str(tmp_path)), "unknown option --smok"),
-                       ((str(tmp_path / "a"), str(tmp_path / "b")), "one OUT_DIR")):
+                       ((str(tmp_path / "a"), str(tmp_path / "b")), "one OUT_DIR"),
+                       (("--jobs", "0", str(tmp_path / "a")), "--jobs must be a positive integer")):
         res = _run(*args, timeout=60)
         assert res.returncode == 2 and says in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
