@@ -238,7 +238,7 @@ def seed_tables(runs: Sequence[Run]) -> List[Tuple[str, Table]]:
         return []
     out = [("final validation loss", Table(
         ["runs", "seeds", "final val loss"],
-        [[label, str(len(g)), _fmt_ms([r.final_val()[0] for r in g], fmt_loss)]
+        [[label, str(len(g)), _fmt_ms([r.final_val[0] for r in g], fmt_loss)]
          for label, g in groups], [False, True, True]))]
     keys = []
     for _, g in groups:

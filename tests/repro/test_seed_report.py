@@ -3,44 +3,26 @@ differ only in run.seed are pooled, others are not; numbers checked cell by cell
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from swax_megatron.config.resolve import resolve_sweep
 from swax_megatron.eval.report import mean_spread, seed_tables
+from swax_megatron.eval.report_data import Result, Run
 
 SWEEP = Path(__file__).resolve().parents[2] / "recipes" / "repro" / "sweep.yaml"
 EDGES = [0, 16, 32, 64]
 
 
-@dataclass
-class FakeResult:
-    task: str
-    window: int
-    accuracy: list
-    kind: str = "probes"
-
-    @property
-    def buckets(self):
-        return {"edges": EDGES, "accuracy": self.accuracy}
-
-    @property
-    def value(self):
-        return sum(self.accuracy) / len(self.accuracy)
-
-
-@dataclass
-class FakeRun:
-    label: str
-    recipe_obj: object
-    val: float
-    results: list = field(default_factory=list)
-
-    def final_val(self):
-        return self.val, 100
-
-    def results_of(self, kind, window=None):
-        return [r for r in self.results if r.kind == kind and (window is None or r.window == window)]
+def _run(label, recipe, val, accuracy):
+    """A report Run as report_data.load_run builds it, with its final validation loss (summary)
+    and one synth_passkey probes result at eval window 128 (bucket accuracies given, 10 probes
+    each, so the result's value is their plain mean)."""
+    result = Result(path=Path(f"{label}/eval/synth_passkey-w128.json"), task="synth_passkey",
+                    kind="probes", window=128, step=100, settings_hash="0" * 40, created="",
+                    score=None, data={"buckets": {"edges": EDGES, "accuracy": accuracy,
+                                                "counts": [10] * len(accuracy)}})
+    return Run(label=label, path=Path(label), exists=True, recipe_obj=recipe,
+               summary={"val_loss": val, "eval_window": 128}, results=[result])
 
 
 def test_mean_spread():
@@ -55,10 +37,8 @@ def test_seed_tables_pool_only_seeds():
     short = [n for n in by_name if "long=16" in n and "XS_2" in n]
     longw = [n for n in by_name if "long=128" in n and "XS_2" in n and "kind=fixed" in n]
     assert len(short) == 3 and len(longw) == 3
-    runs = [FakeRun(n, by_name[n], 2.0 + i, [FakeResult("synth_passkey", 128, [100.0, 50.0 + 10 * i, 0.0])])
-            for i, n in enumerate(short)]
-    runs.append(FakeRun(longw[0], by_name[longw[0]], 3.0,
-                        [FakeResult("synth_passkey", 128, [100.0, 100.0, 100.0])]))
+    runs = [_run(n, by_name[n], 2.0 + i, [100.0, 50.0 + 10 * i, 0.0]) for i, n in enumerate(short)]
+    runs.append(_run(longw[0], by_name[longw[0]], 3.0, [100.0, 100.0, 100.0]))
     tables = dict(seed_tables(runs))
     loss = tables["final validation loss"]
     assert loss.rows[0] == [short[0].replace("__seed=1", ""), "3", "3.0000 ± 1.0000"]
