@@ -58,11 +58,12 @@ def test_smoke_pipeline(tmp_path):
     assert (out / "report" / "report.html").is_file()
     timing = json.loads((out / "timing.json").read_text())
     assert timing["runs"] == 2 and timing["total"] >= timing["train"] > 0
-    # both runs at once on a machine with 2 cores (smoke.yaml: 1 thread each); each run's
-    # training and evaluation output in its run directory
+    # as many runs at once as cores (smoke.yaml: 1 thread each); each run's evaluation output,
+    # and with more than one at a time its training output, in its run directory
     assert timing["jobs"] == len(os.sched_getaffinity(0))
     for r in runs:
-        assert "training finished" in (r / "sweep.log").read_text()
+        if timing["jobs"] > 1:
+            assert "training finished" in (r / "sweep.log").read_text()
         assert "synth_passkey" in (r / "eval.log").read_text()
 
 
