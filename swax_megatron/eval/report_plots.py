@@ -262,6 +262,21 @@ def window_scores_figure(runs: Sequence[Run], panels: Sequence[str] = SCORE_PANE
     return fig
 
 
+def _grid_row_labels(wr: Sequence[Tuple[Run, tuple, str]]) -> List[str]:
+    """The training-window label of each row; where several runs share one, each is told apart
+    by the parts of its run label (sweep names: name__key=value__...) the others do not share."""
+    out = []
+    for r, _, lab in wr:
+        same = [x.label.split("__") for x, _, other in wr if other == lab]
+        if len(same) == 1:
+            out.append(lab)
+            continue
+        common = set.intersection(*map(set, same))
+        own = ", ".join(p for p in r.label.split("__") if p not in common)
+        out.append(f"{lab} ({own or r.label})")
+    return out
+
+
 def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
     """Train window x eval window: rows the runs (by training window), columns the eval
     windows of their results, colour and number the kind's average (%)."""
@@ -271,13 +286,13 @@ def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
     windows = sorted({w for r, _, _ in wr for w in r.windows_of(kind)})
     if not wr or not windows:
         return None
-    labels = [lab for _, _, lab in wr]
-    rows = [lab if labels.count(lab) == 1 else f"{lab} ({r.label})" for r, _, lab in wr]
+    rows = _grid_row_labels(wr)
     data = np.array([[np.nan if (v := kind_mean(r, kind, w)) is None else v for w in windows]
                      for r, _, _ in wr], dtype=float)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(2.8 + 0.9 * len(windows), 1.5 + 0.42 * len(rows)), dpi=110,
-                           layout="constrained")
+    # (~0.06 inch per character of the longest row label at font size 8, so none is cut off)
+    width = 2.8 + 0.9 * len(windows) + 0.06 * max(len(x) for x in rows)
+    fig, ax = plt.subplots(figsize=(width, 1.5 + 0.42 * len(rows)), dpi=110, layout="constrained")
     draw_percent_grid(fig, ax, data, [str(w) for w in windows], rows)
     ax.set_xlabel("eval window (tokens)")
     ax.set_ylabel("training window (tokens)")

@@ -480,3 +480,18 @@ def test_headline_window_named_when_it_differs(tmp_path):
     assert row["eval window"] == "128" and row["NIAH avg (%)"] == "83.3"  # (66.7 + 100) / 2
     assert row["short-context avg (%)"] == "61.2 (w=2048)"
     assert row["status"] == "not started"
+
+
+def test_grid_rows_told_apart_by_what_differs():
+    """Runs sharing a training window are told apart in the window grid by the parts of their
+    sweep names the others with that window do not share, not by the whole (long) name."""
+    from pathlib import Path as P
+
+    from swax_megatron.eval.report_data import Run
+    from swax_megatron.eval.report_plots import _grid_row_labels
+
+    names = ["repro__layer_pattern=XS_2__long=16__seed=1", "repro__layer_pattern=XS_2__long=16__seed=2",
+             "repro__layer_pattern=S_4__long=16__seed=1", "repro__layer_pattern=XS_2__long=128__seed=1"]
+    wr = [(Run(label=n, path=P(n)), (w, 0), str(w)) for n, w in zip(names, (16, 16, 16, 128))]
+    assert _grid_row_labels(wr) == ["16 (layer_pattern=XS_2, seed=1)", "16 (layer_pattern=XS_2, seed=2)",
+                                    "16 (layer_pattern=S_4, seed=1)", "128"]
