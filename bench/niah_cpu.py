@@ -141,12 +141,12 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     from lm_eval.models.huggingface import HFLM
 
-    from swax_megatron.eval.harness import _TaskTokenizer
+    from swax_megatron.eval.harness import TaskTokenizer
 
     with tempfile.TemporaryDirectory(prefix="niah_bench_") as tmp:
         export = make_export(Path(tmp))
         hf_tok = AutoTokenizer.from_pretrained(export)
-        tok = _TaskTokenizer(SimpleNamespace(hf=hf_tok, fingerprint=None))
+        tok = TaskTokenizer(SimpleNamespace(hf=hf_tok, fingerprint=None))
         model = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True, dtype=torch.float32).eval()
         lm = HFLM(pretrained=str(export), trust_remote_code=True, backend="causal", device="cpu",
                   batch_size=args.batch_size, dtype="float32", max_length=max(args.lengths) + 2 * GEN_TOKENS)

@@ -205,7 +205,7 @@ def evaluate_run(run_dir, tasks: Optional[Iterable[str]] = None, overrides: Sequ
     with single_process_world():
         converted = convert_checkpoint(source, dtype="fp32", window=todo[0].window)
         converted.megatron = None  # holds process groups: freed with the world
-    run_jobs(HFBackend(converted.hf), _TaskTokenizer(converted.tokenizer), recipe, run_dir, source, todo,
+    run_jobs(HFBackend(converted.hf), TaskTokenizer(converted.tokenizer), recipe, run_dir, source, todo,
              progress)
     return [j.path for j in jobs]
 
@@ -261,7 +261,7 @@ def run_jobs(backend, tok, recipe, run_dir: Path, source, todo: List[_Job], prog
 
 # --- the model -------------------------------------------------------------------------------------
 
-class _TaskTokenizer:
+class TaskTokenizer:
     """The run's tokenizer (HF, built from its SentencePiece model) as the tasks' TokenizerLike."""
 
     def __init__(self, tok):
@@ -404,7 +404,7 @@ def _samples(task, tok, job: _Job) -> list:
         raise EvalError(f"{job.task}: cannot build its samples ({str(e).splitlines()[0]})") from None
 
 
-def _run_generation(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+def _run_generation(backend, tok: TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     from . import get_task
     from .results import accuracy_grid
 
@@ -428,7 +428,7 @@ def _run_generation(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: b
     return {"score": grid["mean"], "grid": grid, "records": records}
 
 
-def _run_probes(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+def _run_probes(backend, tok: TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     from . import get_task
     from .results import distance_buckets
 
@@ -457,7 +457,7 @@ def _ppl_data_name(recipe) -> str:
     return f"{src[0]}:valid@{recipe.data.split}"
 
 
-def validation_tokens(recipe, tok: _TaskTokenizer) -> List[int]:
+def validation_tokens(recipe, tok: TaskTokenizer) -> List[int]:
     """The run's validation text as one token stream (documents end with end-of-document): the
     valid split's documents of its first indexed dataset (by data.split, in document order, as
     megatron splits by document), or the embedded corpus' valid plays tokenized."""
@@ -482,7 +482,7 @@ def validation_tokens(recipe, tok: _TaskTokenizer) -> List[int]:
     return out
 
 
-def _run_ppl(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
+def _run_ppl(backend, tok: TaskTokenizer, recipe, job: _Job, progress: bool) -> dict:
     import torch
 
     s = job.settings
@@ -512,5 +512,5 @@ def _run_ppl(backend, tok: _TaskTokenizer, recipe, job: _Job, progress: bool) ->
                                    "sequences": count, "buckets": buckets}}
 
 
-__all__ = ["EvalError", "bad_input_errors", "evaluate_run", "pending_evaluations", "ppl_edges", "settings_hash",
-           "validation_tokens"]
+__all__ = ["EvalError", "TaskTokenizer", "bad_input_errors", "evaluate_run", "pending_evaluations", "ppl_edges",
+           "settings_hash", "validation_tokens"]

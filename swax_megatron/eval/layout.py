@@ -177,7 +177,7 @@ def evaluate_in_world(run_dir, tasks: Optional[Iterable[str]] = None, overrides:
     from megatron.core import parallel_state as ps
 
     from ..hf.convert import load_tokenizer, load_weights, read_checkpoint, build_megatron
-    from .harness import EvalError, _setup, _TaskTokenizer, _todo, run_jobs
+    from .harness import EvalError, _setup, TaskTokenizer, _todo, run_jobs
 
     run_dir = Path(run_dir)
     recipe, jobs, source = _setup(run_dir, tasks, overrides)
@@ -199,7 +199,7 @@ def evaluate_in_world(run_dir, tasks: Optional[Iterable[str]] = None, overrides:
               file=sys.stderr, flush=True)
     model = build_megatron(ckpt.recipe, ckpt.vocab_size, tp=tp, pp=pp)
     load_weights(model, source.checkpoint)
-    run_jobs(MegatronBackend(model), _TaskTokenizer(tok), recipe, run_dir, source, todo,
+    run_jobs(MegatronBackend(model), TaskTokenizer(tok), recipe, run_dir, source, todo,
              progress and rank0, write=rank0)
     return [j.path for j in jobs]
 

@@ -162,18 +162,13 @@ def test_a_run_directory_is_exported_first(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-    from forkrun import TINY_RECIPE, find_run_dir, fork_run, make_tiny_corpus, tiny_overrides
+    from forkrun import tiny_trained_run
 
     from swax_megatron.eval.lm_eval_adapter import evaluate_lm_eval
     from swax_megatron.eval.report_data import read_results
 
     root = tmp_path_factory.mktemp("lm_eval_run")
-    corpus = make_tiny_corpus(root / "corpus")
-    argv = [TINY_RECIPE, *tiny_overrides(corpus, root / "runs", steps=4, every=4,
-                                          extra=["slurm.gpus_per_node=1"])]
-    launch = fork_run(argv, 1, root / "logs", timeout=180)
-    assert launch.codes == [0], launch.log
-    run = find_run_dir(root / "runs")
+    run = tiny_trained_run(root)
     tasks = write_tasks(root / "tasks")
     out = evaluate_lm_eval(run, ["swax_tiny_mc"], include_path=tasks, max_length=128, progress=False)
     r = out["swax_tiny_mc"]

@@ -31,7 +31,7 @@ pytest.importorskip("wonderwords", reason="lm_eval's RULER needs wonderwords (th
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS / "training"))
 
-from forkrun import TINY_RECIPE, find_run_dir, fork_run, make_tiny_corpus, tiny_overrides  # noqa: E402
+from forkrun import tiny_trained_run  # noqa: E402
 
 LENGTHS = [512, 1024]  # RULER's prompt + 128 generated tokens must fit the smallest
 EVAL = [f"eval.lengths={LENGTHS}", "eval.samples=1", "eval.depths=[50]", "eval.batch_size=1"]
@@ -40,13 +40,7 @@ EVAL = [f"eval.lengths={LENGTHS}", "eval.samples=1", "eval.depths=[50]", "eval.b
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A real tiny run (4 steps), its recipe's eval section set to LENGTHS, 1 sample per length."""
-    root = tmp_path_factory.mktemp("ruler_run")
-    corpus = make_tiny_corpus(root / "corpus")
-    argv = [TINY_RECIPE, *tiny_overrides(corpus, root / "runs", steps=4, every=4,
-                                          extra=["slurm.gpus_per_node=1", *EVAL])]
-    launch = fork_run(argv, 1, root / "logs", timeout=180)
-    assert launch.codes == [0], launch.log
-    return find_run_dir(root / "runs")
+    return tiny_trained_run(tmp_path_factory.mktemp("ruler_run"), extra=EVAL)
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +107,13 @@ def test_prompts_agree_in_structure(export):
     from transformers import AutoTokenizer
 
     from swax_megatron.eval import get_task
-    from swax_megatron.eval.harness import _TaskTokenizer
+    from swax_megatron.eval.harness import TaskTokenizer
 
     theirs = niah_single_1(max_seq_lengths=[LENGTHS[0]], tokenizer=str(export))["test"][0]
     their = _structure(theirs["input"], theirs["gen_prefix"])
     assert theirs["outputs"] == [their["value"]]
 
-    tok = _TaskTokenizer(type("T", (), {"hf": AutoTokenizer.from_pretrained(export), "fingerprint": None})())
+    tok = TaskTokenizer(type("T", (), {"hf": AutoTokenizer.from_pretrained(export), "fingerprint": None})())
     ours_sample = get_task("niah_single_1").sample(tok, length=LENGTHS[0], depth=50.0)
     cut = ours_sample.prompt.rindex(" The special magic")
     ours = _structure(ours_sample.prompt[:cut], ours_sample.prompt[cut:])

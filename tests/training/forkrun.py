@@ -184,3 +184,14 @@ def make_tiny_corpus(root: Path) -> dict:
     write_indexed_dataset(docs, root / "plays", tok)
     return {"prefix": str(root / "plays"), "tokenizer": str(tok.model_path),
             "cache": str(root / "cache"), "docs": docs}
+
+
+def tiny_trained_run(root: Path, *, steps: int = 4, extra=()) -> Path:
+    """A finished tiny training run (corpus, runs and logs under `root`, one rank, a checkpoint
+    at the last step): its run directory. `extra`: more overrides, e.g. an eval section."""
+    corpus = make_tiny_corpus(root / "corpus")
+    argv = [TINY_RECIPE, *tiny_overrides(corpus, root / "runs", steps=steps, every=steps,
+                                          extra=["slurm.gpus_per_node=1", *extra])]
+    launch = fork_run(argv, 1, root / "logs", timeout=180)
+    assert launch.codes == [0], launch.log
+    return find_run_dir(root / "runs")
