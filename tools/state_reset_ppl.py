@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=positive_int, help="eval window W (default model.swa.window)")
     parser.add_argument("--length", type=positive_int, help="sequence length L")
     parser.add_argument("--sequences", type=positive_int, help="sequences K")
-    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON to PATH (a new file)")
     args = parser.parse_args(argv)
 
     import torch
@@ -85,11 +85,18 @@ def main(argv=None) -> int:
     count = args.sequences or recipe.eval.ppl_sequences
     if length <= every:
         return fail(f"--length {length} must exceed the reset period {every}")
+    if args.json and os.path.exists(args.json):  # never replace an earlier result
+        return fail(f"--json {args.json}: exists (choose a new path)")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        return fail(f"--json {args.json}: its directory does not exist")
 
     quiet()
-    with single_process_world():
-        converted = convert_checkpoint(source, dtype="fp32", window=args.window)
-        converted.megatron = None
+    try:
+        with single_process_world():
+            converted = convert_checkpoint(source, dtype="fp32", window=args.window)
+            converted.megatron = None
+    except ConversionError as e:
+        return fail(str(e))
     model = converted.hf.eval()
     mlstm = [i for i, t in enumerate(model.config.layer_types) if t == "mlstm"]
     if not mlstm:

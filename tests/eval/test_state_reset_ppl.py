@@ -80,8 +80,13 @@ def test_reset_changes_what_follows(run):
 
 
 def test_bad_input_one_line(run, tmp_path):
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text("{}")
     for args, says in (((tmp_path,), "not a run directory"),
-                       ((run, "--every", 128, "--length", 128), "must exceed the reset period")):
+                       ((run, "--every", 128, "--length", 128), "must exceed the reset period"),
+                       ((run, "--json", tmp_path / "no" / "r.json"), "its directory does not exist"),
+                       ((run, "--json", earlier), "exists (choose a new path)")):
         res = _tool(*args)
         assert res.returncode == 2, res.stderr[-2000:]
         assert res.stderr.strip().splitlines() == [res.stderr.strip()] and says in res.stderr
+    assert earlier.read_text() == "{}"
