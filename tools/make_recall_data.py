@@ -10,8 +10,9 @@ Megatron indexed dataset (<prefix>.bin + .idx + .meta.json), for a recipe to ble
 The tokenizer is the run's: --tokenizer-model (data.tokenizer_model), or the default tokenizer of
 --vocab-size (data.tokenizer_vocab_size) trained on the embedded corpus and cached in --cache-dir
 (data.cache_dir, default <run.output_root>/.cache). Documents have --seq-length tokens with
-their end-of-document token (one document per training sample). Deterministic by --seed; a rerun
-with the same arguments finds the files and writes nothing.
+their end-of-document token (one document per training sample); passkeys are planted at most
+--max-distance tokens before their query. Deterministic by --seed; a rerun with the same
+arguments finds the files and writes nothing.
 """
 
 import argparse
@@ -23,16 +24,30 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not
 warnings.filterwarnings("ignore", message=".*Apex is not installed")
 
 
-def main(argv=None) -> int:
-    from swax_megatron.cliutil import nonnegative_int, positive_int
+def _distance(text: str):
+    """--max-distance: an integer, or 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
-    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
+
+def main(argv=None) -> int:
+    from swax_megatron.cliutil import OneLineParser, nonnegative_int, positive_int
+    from swax_megatron.data.recall_data import TRAIN_MAX_DISTANCE
+
+    parser = OneLineParser(prog=os.path.basename(__file__),
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin/.idx")
     parser.add_argument("--seq-length", type=positive_int, required=True,
                         help="tokens per document (the recipe's train.seq_length)")
     parser.add_argument("--documents", type=positive_int, default=20000)
     parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--max-distance", type=_distance, default=TRAIN_MAX_DISTANCE,
+                        help="passkeys are planted at most this many tokens before their query; "
+                             "'none': anywhere in the document (default %(default)s)")
     tok = parser.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer-model", help="SentencePiece .model (data.tokenizer_model)")
     tok.add_argument("--vocab-size", type=positive_int, default=8000,
@@ -50,14 +65,16 @@ def main(argv=None) -> int:
         else:
             tokenizer = default_tokenizer(args.cache_dir, args.vocab_size)
         meta = write_recall_dataset(args.output_prefix, tokenizer, length=args.seq_length,
-                                    count=args.documents, seed=args.seed)
+                                    count=args.documents, seed=args.seed,
+                                    max_distance=args.max_distance)
     except DataError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     verb = "found" if meta["reused"] else "wrote"
     print(f"{verb} {args.output_prefix}.bin/.idx: {meta['documents']} documents "
           f"({meta['kinds']['mqar']} mqar, {meta['kinds']['passkey']} passkey), "
-          f"{meta['tokens']} tokens, reserved ids {meta['reserved_ids'][0]}..{meta['reserved_ids'][1]}")
+          f"{meta['tokens']} tokens, passkey distances <= {args.max_distance or 'the length'}, "
+          f"reserved ids {meta['reserved_ids'][0]}..{meta['reserved_ids'][1]}")
     return 0
 
 

@@ -21,6 +21,14 @@ models/reference.py at d=64, sequence 128-256, batch 16, AdamW 3e-3 cosine, one 
 - the haystack teaches the previous-token head the recall circuit needs: an order-2 chain with
   2 successors per context over 16 tokens is learned to near its entropy (~0.5 nats) by ~300
   steps (formats 1 and 2 had 4 successors per context).
+Why training passkeys sit at most TRAIN_MAX_DISTANCE (32) tokens before their query (through the
+framework: XS*2, d=64, sequence 128, batch 16, 4000 steps; docs/REPRODUCTION.md): with depths
+uniform over the document, window-16 runs learned the recall in 0 of 9 seeds, window 128 in 3
+of 7. Window 16 learned nothing even at the distances its window sees, also when half the
+distances were under 16 (log-uniform, 0 of 2). With every distance under 16 it learned (1 of
+1), and its mLSTM then recalled at distances 16-128 never seen in training; with distances up to
+32, both windows learned (1 of 1 each). Evaluation instances keep the uniform depth, so recall
+is measured far beyond the training distances.
 
 Reserved tokens: the byte-fallback pieces <0x80>..<0xFF> of the run's SentencePiece vocabulary.
 Plain text reaches them only through characters missing from the vocabulary (none in the
@@ -42,7 +50,7 @@ precedes an evaluation instance and ends a training document, so `length - 1` co
 - passkey: "M v1 .. vT" (T = PASSKEY_TOKENS values) at a uniform depth, repeated at the end;
   the answer is v1..vT after the second M (one probe, right when all T are predicted).
 Everything else is haystack, the chain running on through the gaps. Training documents are
-passkey, or mqar with probability MQAR_FRACTION (0: see above; the kind stays an evaluation task
+passkey (distance capped, above), or mqar with probability MQAR_FRACTION (0: see above; the kind stays an evaluation task
 for larger models); all have `length` tokens, so Megatron's samples of seq_length (+1) tokens
 hold exactly one document each when length = seq_length.
 """
@@ -54,7 +62,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,6 +78,10 @@ CHAIN_SEED = 0
 NUM_PAIRS = 8
 PASSKEY_TOKENS = 1  # one value: later values would be recalled by content (value -> next value)
 MQAR_FRACTION = 0.0
+# Training passkeys are planted at most this many tokens before their query (evaluation
+# instances: anywhere). Measured (see the module doc): with distances over the whole document, a
+# window-16 model never learned the recall, not even at the distances its window sees.
+TRAIN_MAX_DISTANCE = 32
 KINDS = ("mqar", "passkey")
 MIN_LENGTH = 64  # room for the pairs (4 tokens each) and some haystack
 # Of the documents: bump when make_document changes what it writes. 2: a 16-token haystack
@@ -179,12 +191,19 @@ def _place_pairs(n: int, distances: Sequence[int], rng: random.Random) -> List[T
     return out
 
 
-def make_document(kind: str, plan: TokenPlan, length: int, rng: random.Random) -> Document:
-    """One document of `kind` ("mqar" or "passkey") for a model input of `length` tokens."""
+def make_document(kind: str, plan: TokenPlan, length: int, rng: random.Random,
+                  max_distance: Optional[int] = None) -> Document:
+    """One document of `kind` ("mqar" or "passkey") for a model input of `length` tokens. A
+    passkey's plant-to-query distance is at most `max_distance` (None: anywhere in the
+    document); mqar spreads its distances over the whole document either way."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < MIN_LENGTH:
         raise ValueError(f"length must be an integer >= {MIN_LENGTH}, got {length!r}")
+    if max_distance is not None and (isinstance(max_distance, bool) or not isinstance(max_distance, int)
+                                     or max_distance < PASSKEY_TOKENS + 1):
+        raise ValueError(f"max_distance must be None or an integer >= {PASSKEY_TOKENS + 1}, "
+                         f"got {max_distance!r}")
     n = length - 1
     items: dict = {}  # position -> id
     probes = []
@@ -202,7 +221,8 @@ def make_document(kind: str, plan: TokenPlan, length: int, rng: random.Random) -
         t = PASSKEY_TOKENS
         key = [plan.marker] + [rng.choice(plan.values) for _ in range(t)]
         q = n - (t + 1)
-        p = rng.randrange(0, q - (t + 1) + 1)
+        lowest = 0 if max_distance is None else max(0, q - max_distance)
+        p = rng.randrange(lowest, q - (t + 1) + 1)  # the distance q - p is in [t + 1, ...]
         for j, tok in enumerate(key):
             items[p + j] = tok
             items[q + j] = tok
@@ -217,35 +237,42 @@ def _rng(*parts) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:16], "big"))
 
 
-def training_document(plan: TokenPlan, length: int, seed: int, index: int) -> Document:
+def training_document(plan: TokenPlan, length: int, seed: int, index: int,
+                      max_distance: Optional[int] = TRAIN_MAX_DISTANCE) -> Document:
     """Training document `index` of stream `seed`: passkey, or mqar with MQAR_FRACTION. Its
     random stream (split "train") is not any evaluation instance's."""
     rng = _rng("swax-recall-train", FORMAT, seed, length, index)
     kind = "mqar" if rng.random() < MQAR_FRACTION else "passkey"
-    return make_document(kind, plan, length, rng)
+    return make_document(kind, plan, length, rng, max_distance=max_distance)
 
 
-def training_documents(plan: TokenPlan, length: int, count: int, seed: int = 0) -> Iterator[Document]:
+def training_documents(plan: TokenPlan, length: int, count: int, seed: int = 0,
+                       max_distance: Optional[int] = TRAIN_MAX_DISTANCE) -> Iterator[Document]:
     for i in range(count):
-        yield training_document(plan, length, seed, i)
+        yield training_document(plan, length, seed, i, max_distance)
 
 
 # --- the indexed dataset ------------------------------------------------------------------------
 
-def _settings(tokenizer, length: int, count: int, seed: int) -> dict:
+def _settings(tokenizer, length: int, count: int, seed: int, max_distance) -> dict:
     return {"format": FORMAT, "length": length, "documents": count, "seed": seed,
+            "max_distance": max_distance,
             "tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
             "chain_seed": CHAIN_SEED, "num_pairs": NUM_PAIRS, "passkey_tokens": PASSKEY_TOKENS,
             "mqar_fraction": MQAR_FRACTION, "branching": BRANCHING}
 
 
-def _check_args(length, count, seed) -> None:
-    for name, v, low in (("length", length, MIN_LENGTH), ("documents", count, 1), ("seed", seed, 0)):
+def _check_args(length, count, seed, max_distance) -> None:
+    checks = [("length", length, MIN_LENGTH), ("documents", count, 1), ("seed", seed, 0)]
+    if max_distance is not None:
+        checks.append(("max_distance", max_distance, PASSKEY_TOKENS + 1))
+    for name, v, low in checks:
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise DataError(None, f"{name} must be an integer >= {low}, got {v!r}")
 
 
-def recall_dataset_done(prefix, tokenizer, *, length: int, count: int, seed: int = 0) -> bool:
+def recall_dataset_done(prefix, tokenizer, *, length: int, count: int, seed: int = 0,
+                        max_distance: Optional[int] = TRAIN_MAX_DISTANCE) -> bool:
     """True when `<prefix>.bin/.idx` exist, are valid for `tokenizer` and were written with
     these settings (their `.meta.json` says so): a rerun then has nothing to do."""
     from .indexed import meta_path, validate_indexed_dataset
@@ -257,31 +284,34 @@ def recall_dataset_done(prefix, tokenizer, *, length: int, count: int, seed: int
         return False
     from .indexed import bin_path, idx_path
 
-    return (meta.get("recall") == _settings(tokenizer, length, count, seed)
+    return (meta.get("recall") == _settings(tokenizer, length, count, seed, max_distance)
             and meta.get("bin_bytes") == bin_path(prefix).stat().st_size
             and meta.get("idx_bytes") == idx_path(prefix).stat().st_size)
 
 
-def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: int = 0) -> dict:
+def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: int = 0,
+                         max_distance: Optional[int] = TRAIN_MAX_DISTANCE) -> dict:
     """Write `count` training documents of `length` tokens (each ending with the tokenizer's
-    end-of-document id) as `<prefix>.bin/.idx` with megatron's IndexedDatasetBuilder, atomically
-    (.bin, then .idx, then .meta.json with the settings). Reuses the files when they are there
-    with the same settings. Returns the meta dict (with "reused": bool)."""
+    end-of-document id; passkey distances at most `max_distance`, None: anywhere) as
+    `<prefix>.bin/.idx` with megatron's IndexedDatasetBuilder, atomically (.bin, then .idx,
+    then .meta.json with the settings). Reuses the files when they are there with the same
+    settings. Returns the meta dict (with "reused": bool)."""
     from .indexed import bin_path, building, idx_path, meta_path, token_dtype
 
-    _check_args(length, count, seed)
+    _check_args(length, count, seed, max_distance)
     prefix = str(prefix)
     if Path(prefix).suffix in (".bin", ".idx"):
         raise DataError(prefix, "give the dataset prefix, without .bin / .idx")
     plan = token_plan(tokenizer)
-    if recall_dataset_done(prefix, tokenizer, length=length, count=count, seed=seed):
+    if recall_dataset_done(prefix, tokenizer, length=length, count=count, seed=seed,
+                           max_distance=max_distance):
         meta = json.loads(meta_path(prefix).read_text())
         return {**meta, "reused": True}
     dtype = token_dtype(tokenizer.vocab_size)
     eod = tokenizer.eod
     kinds = {k: 0 for k in KINDS}
     with building(prefix, dtype) as builder:
-        for doc in training_documents(plan, length, count, seed):
+        for doc in training_documents(plan, length, count, seed, max_distance):
             kinds[doc.kind] += 1
             builder.add_document(np.asarray(doc.ids + (eod,), dtype=dtype), [length])
     meta = {"tokenizer_vocab_sha256": getattr(tokenizer, "fingerprint", None),
@@ -289,7 +319,7 @@ def write_recall_dataset(prefix, tokenizer, *, length: int, count: int, seed: in
             "vocab_size": tokenizer.vocab_size, "documents": count, "tokens": count * length,
             "skipped_empty": 0, "source": f"swax-recall:{kinds['mqar']} mqar + "
                                           f"{kinds['passkey']} passkey",
-            "recall": _settings(tokenizer, length, count, seed), "kinds": kinds,
+            "recall": _settings(tokenizer, length, count, seed, max_distance), "kinds": kinds,
             "reserved_ids": [plan.first, plan.first + 0x7F],
             "bin_bytes": bin_path(prefix).stat().st_size,
             "idx_bytes": idx_path(prefix).stat().st_size}

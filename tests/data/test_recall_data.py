@@ -88,11 +88,32 @@ def test_passkey_document(plan):
     assert min(depths) < 20 and max(depths) > 80  # spread over the document
 
 
+@pytest.mark.parametrize("cap", [2, 32, 200])
+def test_passkey_distance_cap(plan, cap):
+    """max_distance caps the plant-to-query distance and spreads it over [2, cap]; training
+    documents take TRAIN_MAX_DISTANCE, evaluation instances (None) the whole document."""
+    dists = []
+    for index in range(200):
+        doc = rd.make_document("passkey", plan, 128, random.Random(index), max_distance=cap)
+        (start, end, dist), = doc.probes
+        assert doc.ids[start - dist:end - dist] == doc.ids[start:end]
+        assert doc.ids.count(plan.marker) == 2 and len(doc.ids) == 127
+        dists.append(dist)
+    top = min(cap, 125)  # the farthest plant: the document's first token
+    assert 2 <= min(dists) <= 2 + top // 10 and top - top // 10 <= max(dists) <= top
+    train = [rd.training_document(plan, 128, 0, i).probes[0][2] for i in range(200)]
+    assert max(train) <= rd.TRAIN_MAX_DISTANCE < max(
+        d.probes[0][2] for d in rd.training_documents(plan, 128, 200, max_distance=None))
+
+
 def test_bad_arguments(plan):
     with pytest.raises(ValueError, match="kind"):
         rd.make_document("niah", plan, 256, random.Random(0))
     with pytest.raises(ValueError, match="length"):
         rd.make_document("mqar", plan, 63, random.Random(0))
+    for bad in (1, 0, True, 4.0):
+        with pytest.raises(ValueError, match="max_distance must be None or an integer >= 2"):
+            rd.make_document("passkey", plan, 128, random.Random(0), max_distance=bad)
 
 
 def test_training_documents_are_deterministic_and_of_the_planned_kinds(plan):
@@ -141,6 +162,13 @@ def test_write_dataset_reuse_and_rewrite(tiny_tokenizer, plan, tmp_path):
     assert os.stat(f"{prefix}.bin").st_mtime_ns == stamp
     again = rd.write_recall_dataset(prefix, tiny_tokenizer, length=64, count=31, seed=1)
     assert not again["reused"] and len(read_documents(prefix)) == 31
+    wide = rd.write_recall_dataset(prefix, tiny_tokenizer, length=64, count=31, seed=1,
+                                   max_distance=None)  # another distance cap: rewritten
+    assert not wide["reused"] and wide["recall"]["max_distance"] is None
+    assert [tuple(int(t) for t in d[:-1]) for d in read_documents(prefix)] == \
+        [d.ids for d in rd.training_documents(plan, 64, 31, seed=1, max_distance=None)]
+    with pytest.raises(DataError, match="max_distance must be an integer >= 2, got 1"):
+        rd.write_recall_dataset(prefix, tiny_tokenizer, length=64, count=31, max_distance=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recall.bin", "recall.idx",
                                                           "recall.meta.json"]
 
@@ -175,12 +203,17 @@ def test_tool(tiny_tokenizer, tmp_path):
     again = _run_tool(*args)
     assert again.returncode == 0 and again.stdout.startswith("found")
     for bad, says in ((["--seq-length", "8"], "length must be an integer >= 64"),
+                      (["--documents", "12", "--max-distance", "1"], "max_distance must be"),
+                      (["--documents", "12", "--max-distance", "far"], "integer or 'none'"),
                       (["--tokenizer-model", str(tmp_path / "none.model")], "not found")):
         argv = list(args)
         argv[argv.index(bad[0]) + 1] = bad[1]
+        argv += bad[2:]
         res = _run_tool(*argv)
         assert res.returncode == 2 and says in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "none.model").exists()
+    wide = _run_tool(*args[:1], str(tmp_path / "w"), *args[2:], "--max-distance", "none")
+    assert wide.returncode == 0 and "distances <= the length" in wide.stdout, wide.stderr
     assert np.array_equal(read_documents(tmp_path / "r")[0][:-1],
                           list(rd.training_document(rd.token_plan(tiny_tokenizer), 64, 0, 0).ids))
