@@ -197,13 +197,15 @@ _SEED_NAME = re.compile(r"(__)?seed=\d+")
 
 def _seed_groups(runs: Sequence[Run]) -> List[Tuple[str, List[Run]]]:
     """Runs that differ only in run.seed (same model, train, optim and data sections), in order
-    of first appearance, labelled by the first run's label without its seed."""
+    of first appearance, labelled by the first run's label without its seed. A run without a
+    readable recipe is a group of its own."""
     import dataclasses
     import json
 
     groups: Dict[str, List[Run]] = {}
-    for r in runs:
+    for i, r in enumerate(runs):
         if r.recipe_obj is None:
+            groups[f"#{i}"] = [r]
             continue
         d = dataclasses.asdict(r.recipe_obj)
         key = json.dumps({k: d[k] for k in ("model", "train", "optim", "data")}, sort_keys=True,
@@ -404,6 +406,7 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
                    Para(f"Generation tasks averaged: {', '.join(f'`{x}`' for x in tasks)}; "
                         "accuracy (%) per context length, per eval window of the S layers."), t]
 
+    groups = _seed_groups(present)
     recall = recall_tables(present)
     if recall:
         blocks.append(Heading(3, "Recall by distance"))
@@ -415,7 +418,8 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
         for task in sorted({x.task for r in present for x in r.results_of("probes")}):
             for w in sorted({x.window for r in present for x in r.results_of("probes")
                              if x.task == task and x.window is not None}):
-                items.append(figs.add(f"recall_{task}_w{w}", plots.distance_for(present, task, w),
+                items.append(figs.add(f"recall_{task}_w{w}",
+                                      plots.recall_distance_figure(groups, task, w),
                                       f"{task} recall by distance at eval window {w}"))
         items = [i for i in items if i]
         if items:
@@ -425,8 +429,7 @@ def build(ab: Ablation, figs: _FigureWriter) -> List[Block]:
         if g:
             blocks.append(Figures([g]))
 
-    f = figs.add("recall_during_training",
-                 plots.probe_figure(_seed_groups(present) or [(r.label, [r]) for r in present]),
+    f = figs.add("recall_during_training", plots.probe_figure(groups),
                  "recall probe during training, per configuration and seed")
     if f:
         blocks += [Heading(3, "Recall during training"),

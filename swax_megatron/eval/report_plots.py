@@ -1,13 +1,14 @@
 """The ablation report's figures (matplotlib, Agg), each a function of the runs that returns a
-figure or None when the runs have nothing to show. The per-result figures (NIAH heatmap, recall
-by distance) are results.heatmap_figure and results.distance_figure."""
+figure or None when the runs have nothing to show. The per-run NIAH heatmap is
+results.heatmap_figure; recall by distance is drawn per configuration here."""
 
 from __future__ import annotations
 
 import math
 from typing import Dict, List, Sequence, Tuple
 
-from .report_data import Run, by_length, kind_mean, merge_grids, train_window, _num
+from .report_data import (Run, by_length, kind_mean, mean, merge_grids, schedule_text, train_window,
+                          _num)
 from .results import _fmt_tokens, _pyplot, draw_percent_grid
 
 KIND_WORDS = {"generation": "NIAH (generation tasks) average",
@@ -89,7 +90,7 @@ def probe_figure(groups: Sequence[Tuple[str, Sequence[Run]]]):
     the model's window) against the step: one panel per configuration, one line per seed. Recall
     tends to appear as a jump; this shows when, and in how many of a configuration's seeds."""
     panels = []
-    for label, runs in groups:
+    for label, runs in zip(_group_titles(groups), (g for _, g in groups)):
         lines = []
         for r in runs:
             pts = sorted((x["step"], float(x["score"])) for x in r.history
@@ -107,8 +108,7 @@ def probe_figure(groups: Sequence[Tuple[str, Sequence[Run]]]):
             seed = r.get("run.seed")
             ax.plot([s for s, _ in pts], [v for _, v in pts], marker=".", ms=4, lw=1.2,
                     label=r.label if seed is None else f"seed {seed}")
-        # sweep labels are name__key=value__...: one key per line keeps the title inside the panel
-        ax.set_title(label.replace("__", "\n"), fontsize=6)
+        ax.set_title(label, fontsize=7)
         ax.set_ylim(-3, 103)
         ax.set_xlabel("step", fontsize=7)
         ax.set_ylabel("probe accuracy (%)", fontsize=7)
@@ -119,6 +119,26 @@ def probe_figure(groups: Sequence[Tuple[str, Sequence[Run]]]):
     fig.suptitle(f"recall during training ({task})", fontsize=8)
     _run_legend(fig, axes)
     return fig
+
+
+def _group_titles(groups: Sequence[Tuple[str, Sequence[Run]]]) -> List[str]:
+    """A panel title per configuration: its layer pattern and window schedule in words ("XS*2,
+    fixed 16"); configurations that share those are told apart by the parts of their labels
+    (sweep names: name__key=value__...) the others do not share."""
+    base = []
+    for label, runs in groups:
+        r, pattern = runs[0], runs[0].get("model.layer_pattern")
+        base.append(f"{pattern}, {schedule_text(r)}" if r.recipe is not None and pattern else label)
+    out = []
+    for (label, _), title in zip(groups, base):
+        same = [other.split("__") for (other, _), t in zip(groups, base) if t == title]
+        if len(same) == 1:
+            out.append(title)
+            continue
+        common = set.intersection(*map(set, same))
+        own = ", ".join(p for p in label.split("__") if p not in common)
+        out.append(f"{title}\n({own or label})")
+    return out
 
 
 def _subplots(n: int, width: float = 4.2, height: float = 3.3):
@@ -352,20 +372,65 @@ def heatmap_for(run: Run, window: int, kind: str = "generation"):
     return heatmap_figure(grid, title=title)
 
 
-def distance_for(runs: Sequence[Run], task: str, window: int):
-    """Recall by distance of one probe task at one eval window, one line per run
-    (results.distance_figure)."""
-    from .results import distance_figure
-
-    series = {}
-    for r in runs:
-        for x in r.results_of("probes", window):
-            if x.task == task and x.buckets and x.buckets.get("edges"):
-                series[r.label] = x.buckets
-    if not series:
+def recall_distance_figure(groups: Sequence[Tuple[str, Sequence[Run]]], task: str, window: int):
+    """Recall by distance of one probe task at one eval window: one panel per configuration
+    (runs that differ only in their seed), one colour per evaluation length, the mean over the
+    seeds solid and each seed faint. Buckets double in width, so they sit evenly on the x axis;
+    a dotted line marks the eval window. Lengths are kept apart because a model can recall at a
+    distance inside the training length and not at the same distance in a longer sequence."""
+    panels = []
+    for label, runs in zip(_group_titles(groups), (g for _, g in groups)):
+        per_length: Dict[str, list] = {}
+        edges = None
+        for r in runs:
+            for x in r.results_of("probes", window):
+                b = x.buckets or {}
+                if x.task != task or len(b.get("edges") or ()) < 2:
+                    continue
+                edges = edges or [int(e) for e in b["edges"]]
+                if [int(e) for e in b["edges"]] != edges:
+                    continue  # another bucketing (another evaluation setting): not comparable
+                lengths = b.get("by_length") or {"all lengths": {"accuracy": b.get("accuracy")}}
+                for length, v in lengths.items():
+                    per_length.setdefault(str(length), []).append(list(v.get("accuracy") or []))
+        if per_length:
+            panels.append((label, edges, per_length))
+    if not panels:
         return None
-    return distance_figure(series, title=f"{task}: recall by distance, eval window {window}")
+    fig, axes = _subplots(len(panels), width=3.3, height=2.5)
+    order = sorted({k for _, _, pl in panels for k in pl},
+                   key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0))
+    colours = {k: f"C{i % 10}" for i, k in enumerate(order)}
+    for ax, (label, edges, per_length) in zip(axes, panels):
+        n = len(edges) - 1
+        for length in order:
+            rows = per_length.get(length)
+            if not rows:
+                continue
+            name = f"length {length}" if length.isdigit() else length
+            for acc in rows if len(rows) > 1 else ():
+                xs = [i for i in range(n) if i < len(acc) and _num(acc[i]) is not None]
+                ax.plot(xs, [acc[i] for i in xs], color=colours[length], lw=0.7, alpha=0.3)
+            means = [mean([_num(a[i]) for a in rows if i < len(a)]) for i in range(n)]
+            xs = [i for i in range(n) if means[i] is not None]
+            ax.plot(xs, [means[i] for i in xs], color=colours[length], marker="o", ms=3, lw=1.4,
+                    label=name)
+        if window in edges:
+            ax.axvline(edges.index(window) - 0.5, color="0.4", ls=":", lw=1,
+                       label="eval window")
+        ax.set_xticks(range(n), [f"{a}-{b}" for a, b in zip(edges, edges[1:])], rotation=45,
+                     fontsize=6)
+        ax.set_title(label, fontsize=7)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("distance (tokens)", fontsize=7)
+        ax.set_ylabel("recall (%)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{task}: recall by distance at eval window {window} "
+                 "(mean over seeds; faint: each seed)", fontsize=8)
+    _run_legend(fig, axes)
+    return fig
 
 
-__all__ = ["distance_for", "ema", "heatmap_for", "loss_figure", "niah_length_figure",
-           "ppl_figure", "window_grid_figure", "window_scores_figure"]
+__all__ = ["ema", "heatmap_for", "loss_figure", "niah_length_figure", "ppl_figure",
+           "recall_distance_figure", "window_grid_figure", "window_scores_figure"]

@@ -315,10 +315,29 @@ def test_figure_labels(ablation):
     fig = plots.probe_figure([(r.label, [r]) for r in runs])
     panels = [a for a in fig.axes if a.get_visible()]
     assert len(panels) == 2  # the two runs with probe records, one panel each
-    assert [a.get_title().split("\n")[0] for a in panels] == ["tiny-window-sweep"] * 2
+    assert [a.get_title() for a in panels] == ["XS*2, fixed 32", "XS*2, fixed 128"]
     assert [list(a.lines[0].get_ydata()) for a in panels] == [PROBE_CURVE["w32"], PROBE_CURVE["w128"]]
     assert (panels[0].get_xlabel(), panels[0].get_ylabel()) == ("step", "probe accuracy (%)")
     assert plots.probe_figure([(r.label, [r]) for r in runs if "long=" not in r.label]) is None
+    # recall by distance: a panel per configuration, the bucket means (no lengths recorded in
+    # the fixture: one line), a dotted line at the eval window's bucket edge
+    probed = [r for r in runs if r.results_of("probes")]
+    fig = plots.recall_distance_figure([(r.label, [r]) for r in probed], "mqar", 128)
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["XS*2, fixed 32", "XS*2, fixed 128"]
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0-64", "64-128", "128-256"]
+    means = [{ln.get_label(): list(ln.get_ydata()) for ln in a.lines} for a in panels]
+    assert [m["all lengths"] for m in means] == [[100, 50, 0], [100, 100, 50]]
+    assert [[list(ln.get_xdata()) for ln in a.lines if ln.get_label() == "eval window"]
+            for a in panels] == [[[1.5, 1.5]]] * 2
+    assert (panels[0].get_xlabel(), panels[0].get_ylabel()) == ("distance (tokens)", "recall (%)")
+    # two runs as one configuration: their mean, and each run faint
+    fig = plots.recall_distance_figure([("both", probed)], "mqar", 128)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert [list(ln.get_ydata()) for ln in ax.lines if ln.get_label() == "all lengths"] == \
+        [[100, 75, 25]]
+    assert len([ln for ln in ax.lines if ln.get_alpha() == 0.3]) == 2
+    assert plots.recall_distance_figure([("both", probed)], "passkey", 128) is None
     fig = plots.window_scores_figure(runs)
     assert {a.get_xlabel() for a in fig.axes if a.get_visible()} == {"training window (tokens)"}
     assert len([a for a in fig.axes if a.get_visible()]) == 4  # NIAH, recall, lm-eval, val loss
