@@ -108,12 +108,7 @@ def probe_figure(groups: Sequence[Tuple[str, Sequence[Run]]]):
             seed = r.get("run.seed")
             ax.plot([s for s, _ in pts], [v for _, v in pts], marker=".", ms=4, lw=1.2,
                     label=r.label if seed is None else f"seed {seed}")
-        ax.set_title(label, fontsize=7)
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel("step", fontsize=7)
-        ax.set_ylabel("probe accuracy (%)", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
+        _percent_panel(ax, label, "step", "probe accuracy (%)")
     task = next((x.get("task") for _, lines in panels for r, _ in lines for x in r.history
                  if x.get("kind") == "probe"), "probe")
     fig.suptitle(f"recall during training ({task})", fontsize=8)
@@ -139,6 +134,16 @@ def _group_titles(groups: Sequence[Tuple[str, Sequence[Run]]]) -> List[str]:
         own = ", ".join(p for p in label.split("__") if p not in common)
         out.append(f"{title}\n({own or label})")
     return out
+
+
+def _percent_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """The small-multiple style of the per-configuration figures: 0-100% with a margin."""
+    ax.set_title(title, fontsize=7)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
 
 
 def _subplots(n: int, width: float = 4.2, height: float = 3.3):
@@ -420,12 +425,7 @@ def recall_distance_figure(groups: Sequence[Tuple[str, Sequence[Run]]], task: st
                        label="eval window")
         ax.set_xticks(range(n), [f"{a}-{b}" for a, b in zip(edges, edges[1:])], rotation=45,
                      fontsize=6)
-        ax.set_title(label, fontsize=7)
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel("distance (tokens)", fontsize=7)
-        ax.set_ylabel("recall (%)", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
+        _percent_panel(ax, label, "distance (tokens)", "recall (%)")
     fig.suptitle(f"{task}: recall by distance at eval window {window} "
                  "(mean over seeds; faint: each seed)", fontsize=8)
     _run_legend(fig, axes)
