@@ -51,9 +51,9 @@ precedes an evaluation instance and ends a training document, so `length - 1` co
 - passkey: "M v1 .. vT" (T = PASSKEY_TOKENS values) at a uniform depth, repeated at the end;
   the answer is v1..vT after the second M (one probe, right when all T are predicted).
 Everything else is haystack, the chain running on through the gaps. Training documents are
-passkey (distance capped, above), or mqar with probability MQAR_FRACTION (0: see above; the kind stays an evaluation task
-for larger models); all have `length` tokens, so Megatron's samples of seq_length (+1) tokens
-hold exactly one document each when length = seq_length.
+passkey (distance capped, above), or mqar with probability MQAR_FRACTION (0: see above; the kind
+stays an evaluation task for larger models); all have `length` tokens, so Megatron's samples of
+seq_length (+1) tokens hold exactly one document each when length = seq_length.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ def make_document(kind: str, plan: TokenPlan, length: int, rng: random.Random,
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < MIN_LENGTH:
         raise ValueError(f"length must be an integer >= {MIN_LENGTH}, got {length!r}")
-    if max_distance is not None and (isinstance(max_distance, bool) or not isinstance(max_distance, int)
+    if max_distance is not None and (isinstance(max_distance, bool)
+                                     or not isinstance(max_distance, int)
                                      or max_distance < PASSKEY_TOKENS + 1):
         raise ValueError(f"max_distance must be None or an integer >= {PASSKEY_TOKENS + 1}, "
                          f"got {max_distance!r}")
