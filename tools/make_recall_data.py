@@ -38,8 +38,7 @@ def main(argv=None) -> int:
     from swax_megatron.cliutil import OneLineParser, nonnegative_int, positive_int
     from swax_megatron.data.recall_data import TRAIN_MAX_DISTANCE
 
-    parser = OneLineParser(prog=os.path.basename(__file__),
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=os.path.basename(__file__), description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin/.idx")
     parser.add_argument("--seq-length", type=positive_int, required=True,
                         help="tokens per document (the recipe's train.seq_length)")
