@@ -13,7 +13,6 @@ the whole sequence, so a broken cache cannot pass for a finding. Defaults: N =
 train.seq_length, W = model.swa.window, L = eval.ppl_length_factor x N, K = eval.ppl_sequences.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -48,10 +47,9 @@ def chunked_losses(model, ids, every: int, reset: list):
 
 
 def main(argv=None) -> int:
-    from swax_megatron.cliutil import positive_int
+    from swax_megatron.cliutil import OneLineParser, positive_int
 
-    parser = argparse.ArgumentParser(prog=os.path.basename(__file__),
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=os.path.basename(__file__), description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--every", type=positive_int, help="reset period N (default train.seq_length)")
     parser.add_argument("--window", type=positive_int, help="eval window W (default model.swa.window)")

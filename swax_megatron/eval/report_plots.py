@@ -124,15 +124,21 @@ def _group_titles(groups: Sequence[Tuple[str, Sequence[Run]]]) -> List[str]:
     for label, runs in groups:
         r, pattern = runs[0], runs[0].get("model.layer_pattern")
         base.append(f"{pattern}, {schedule_text(r)}" if r.recipe is not None and pattern else label)
+    return _told_apart(base, [label for label, _ in groups], "\n")
+
+
+def _told_apart(titles: Sequence[str], labels: Sequence[str], sep: str = " ") -> List[str]:
+    """Each title; where several share one, each gets the parts of its label (sweep names:
+    name__key=value__...) that the others with that title do not share, in parentheses."""
     out = []
-    for (label, _), title in zip(groups, base):
-        same = [other.split("__") for (other, _), t in zip(groups, base) if t == title]
+    for title, label in zip(titles, labels):
+        same = [other.split("__") for t, other in zip(titles, labels) if t == title]
         if len(same) == 1:
             out.append(title)
             continue
         common = set.intersection(*map(set, same))
         own = ", ".join(p for p in label.split("__") if p not in common)
-        out.append(f"{title}\n({own or label})")
+        out.append(f"{title}{sep}({own or label})")
     return out
 
 
@@ -289,17 +295,8 @@ def window_scores_figure(runs: Sequence[Run], panels: Sequence[str] = SCORE_PANE
 
 def _grid_row_labels(wr: Sequence[Tuple[Run, tuple, str]]) -> List[str]:
     """The training-window label of each row; where several runs share one, each is told apart
-    by the parts of its run label (sweep names: name__key=value__...) the others do not share."""
-    out = []
-    for r, _, lab in wr:
-        same = [x.label.split("__") for x, _, other in wr if other == lab]
-        if len(same) == 1:
-            out.append(lab)
-            continue
-        common = set.intersection(*map(set, same))
-        own = ", ".join(p for p in r.label.split("__") if p not in common)
-        out.append(f"{lab} ({own or r.label})")
-    return out
+    by the parts of its run label the others do not share."""
+    return _told_apart([lab for _, _, lab in wr], [r.label for r, _, _ in wr])
 
 
 def window_grid_figure(runs: Sequence[Run], kind: str = "generation"):
